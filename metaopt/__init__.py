@@ -1,3 +1,31 @@
-"""metaopt: learned optimizers by guided policy search, shipped as optax transformations."""
+"""metaopt: learned optimizers by guided policy search, shipped as optax transformations.
+
+Example::
+
+  import optax, metaopt
+  theta = metaopt.init_policy(jax.random.key(0))     # or metaopt.load("policy.metaopt")
+  tx = optax.chain(optax.clip_by_global_norm(1.0), metaopt.learned_opt(theta))
+  state = tx.init(params)
+  updates, state = tx.update(grads, state, params, value=loss)
+  params = optax.apply_updates(params, updates)
+"""
+
+from metaopt.controller import linear_gaussian_controller, momentum_controller
+from metaopt.features import GPS_STATE_DIM
+from metaopt.learned_optimizer import LearnedOptState, learned_opt
+from metaopt.policy import init_policy
+from metaopt.serialization import PolicyFileError, load, save
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "GPS_STATE_DIM",
+    "LearnedOptState",
+    "PolicyFileError",
+    "init_policy",
+    "learned_opt",
+    "linear_gaussian_controller",
+    "load",
+    "momentum_controller",
+    "save",
+]

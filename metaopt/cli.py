@@ -27,10 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/baselines", help="output folder")
     p.set_defaults(run=_baselines)
     args = parser.parse_args(argv)
+    from metaopt.data import ChecksumError, DatasetUnavailableError
+
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
-        # Clear one-line failure for bad input (unknown dataset/config, missing data); no traceback.
+    except (ValueError, FileNotFoundError, DatasetUnavailableError, ChecksumError) as err:
+        # Bad input (unknown config or dataset, missing or corrupt data): one clear line, no traceback.
         print(f"metaopt {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -112,3 +112,13 @@ def test_baseline_suite_end_to_end_on_digits(tmp_path):
 def test_cli_reports_bad_input_clearly(capsys):
     assert cli.main(["baselines", "--config", "nope"]) == 2
     assert "unknown config 'nope'" in capsys.readouterr().err
+
+
+def test_untrained_learned_optimizer_runs_through_the_harness(mlp_task):
+    import metaopt
+
+    tx = optax.chain(optax.clip_by_global_norm(1.0),
+                     metaopt.learned_opt(metaopt.init_policy(jax.random.key(0))))
+    curves = run_grid(lambda: tx, [{}], mlp_task, [0, 1], num_steps=20, eval_every=10)
+    assert curves.shape == (1, 2, 3) and np.all(np.isfinite(curves))
+    assert np.all(curves[0, :, -1] < curves[0, :, 0])

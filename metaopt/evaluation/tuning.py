@@ -70,6 +70,8 @@ def run_grid(
     if not grid or not seeds:
         raise ValueError("run_grid needs at least one grid point and one seed.")
     names = sorted(grid[0])
+    if not names and len(grid) > 1:
+        raise ValueError("a grid without hyperparameters has exactly one point: pass [{}].")
     if any(sorted(p) != names for p in grid):
         raise ValueError(f"every grid point must set the same hyperparameters {names}.")
     stacked = {n: jnp.asarray([float(p[n]) for p in grid], jnp.float32) for n in names}
@@ -82,6 +84,8 @@ def run_grid(
                 lambda k: unroll(tx, task, k, num_steps=num_steps, eval_every=eval_every).true_loss
             )(keys)
 
+        if not stacked:  # nothing to tune: one setting
+            return one_setting({})[None]
         return jax.lax.map(one_setting, stacked, batch_size=grid_batch_size)
 
     return np.asarray(run(stacked, seed_keys(seeds), task))

@@ -1,0 +1,169 @@
+"""``save`` / ``load`` for policy weights: a small self-describing file.
+
+Layout (little-endian)::
+
+  b"METAOPT-POLICY\\n"            magic, 15 bytes
+  uint64                          n = length of the header
+  n bytes                         JSON header (UTF-8): format version, architecture, feature set,
+                                  payload size and SHA-256, free-form user metadata
+  payload                         the weights, msgpack via flax.serialization
+
+A file of another format version is refused (with both versions in the message); a file that is
+not a policy, is truncated or is corrupt raises :class:`PolicyFileError` naming the file. The
+resumable meta-training state is an Orbax checkpoint, not this file.
+
+Example::
+
+  metaopt.save("policy.metaopt", theta, metadata={"trained_on": "mnist-48-48-10"})
+  theta = metaopt.load("policy.metaopt")
+"""
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+
+from metaopt.features import OBS_DIM
+from metaopt.policy import Theta, policy_hidden_size
+
+FORMAT_VERSION = 1
+MAGIC = b"METAOPT-POLICY\n"
+_MAX_HEADER_BYTES = 1 << 20
+
+ARCHITECTURE_NAME = "per-coordinate-lstm"
+FEATURE_SET = {
+    "name": "li-malik-2017-observation",
+    "dim": OBS_DIM,
+    "features": [
+        "(f(t) - f(t-1)) / max(|f(t-1)|, 1e-8)",
+        "g(t) / (|g(max(t-1,0))| + 1)",
+        "|x(max(t-1,1)) - x(max(t-2,0))| / (|x(t) - x(t-1)| + 0.1)",
+    ],
+}
+
+__all__ = ["FORMAT_VERSION", "PolicyFileError", "load", "read_header", "save"]
+
+
+class PolicyFileError(ValueError):
+    """The file is not a readable metaopt policy file of this format version."""
+
+
+def _architecture(hidden_size: int) -> dict[str, Any]:
+    return {
+        "name": ARCHITECTURE_NAME,
+        "hidden_size": hidden_size,
+        "observation_dim": OBS_DIM,
+        "gate_order": "ifgo",
+        "head": "linear",
+        "output": "step",
+    }
+
+
+def save(path: str | os.PathLike, theta: Theta, *, metadata: dict[str, Any] | None = None) -> None:
+    """Writes policy weights and a JSON header describing them to ``path`` (atomically).
+
+    Args:
+      path: destination file.
+      theta: policy weights (validated; stored as float32).
+      metadata: optional JSON-serialisable dict stored in the header (e.g. training details).
+    """
+    hidden_size = policy_hidden_size(theta)
+    weights = jax.tree.map(lambda a: np.asarray(a, np.float32), theta)
+    payload = serialization.msgpack_serialize(weights)
+    header = {
+        "format_version": FORMAT_VERSION,
+        "architecture": _architecture(hidden_size),
+        "features": FEATURE_SET,
+        "dtype": "float32",
+        "payload_bytes": len(payload),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "metadata": metadata or {},
+    }
+    header_bytes = json.dumps(header, sort_keys=True).encode("utf-8")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    with tempfile.NamedTemporaryFile("wb", dir=directory, delete=False) as f:
+        tmp = f.name
+        try:
+            f.write(MAGIC + struct.pack("<Q", len(header_bytes)) + header_bytes + payload)
+        except BaseException:
+            f.close()
+            os.unlink(tmp)
+            raise
+    os.replace(tmp, path)
+
+
+def _read(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(MAGIC):
+        raise PolicyFileError(f"{path} is not a metaopt policy file (bad magic bytes)")
+    offset = len(MAGIC)
+    if len(data) < offset + 8:
+        raise PolicyFileError(f"{path} is truncated (no header length)")
+    (header_len,) = struct.unpack_from("<Q", data, offset)
+    offset += 8
+    if header_len > _MAX_HEADER_BYTES or len(data) < offset + header_len:
+        raise PolicyFileError(f"{path} is truncated or corrupt (header of {header_len} bytes)")
+    try:
+        header = json.loads(data[offset : offset + header_len].decode("utf-8"))
+        version = header["format_version"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise PolicyFileError(f"{path} has a corrupt header: {err}") from err
+    if version != FORMAT_VERSION:
+        raise PolicyFileError(
+            f"{path} has policy format version {version}; this metaopt reads version "
+            f"{FORMAT_VERSION} only. Load it with the metaopt release that wrote it and re-save."
+        )
+    return header, data[offset + header_len :]
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON header of a policy file (architecture, feature set, metadata, ...)."""
+    return _read(path)[0]
+
+
+def load(path: str | os.PathLike) -> Theta:
+    """Reads policy weights written by :func:`save`; returns ``theta`` (float32 jax arrays).
+
+    Raises:
+      PolicyFileError: not a policy file, another format version, truncated or corrupt, or
+        weights that do not match the header's architecture.
+      FileNotFoundError: no such file.
+    """
+    header, payload = _read(path)
+    path = os.fspath(path)
+    if len(payload) != header.get("payload_bytes") or (
+        hashlib.sha256(payload).hexdigest() != header.get("payload_sha256")
+    ):
+        raise PolicyFileError(
+            f"{path} is truncated or corrupt: weights are {len(payload)} bytes, header says "
+            f"{header.get('payload_bytes')} (or the checksum differs)"
+        )
+    architecture = header.get("architecture", {})
+    if architecture.get("name") != ARCHITECTURE_NAME or header.get("features") != FEATURE_SET:
+        raise PolicyFileError(
+            f"{path} holds architecture {architecture.get('name')!r} with feature set "
+            f"{header.get('features', {}).get('name')!r}; this metaopt runs "
+            f"{ARCHITECTURE_NAME!r} with {FEATURE_SET['name']!r}"
+        )
+    try:
+        weights = serialization.msgpack_restore(payload)
+        theta = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), weights)
+        hidden_size = policy_hidden_size(theta)
+    except Exception as err:  # msgpack raises several unrelated types on garbage
+        raise PolicyFileError(f"{path} has corrupt weights: {err}") from err
+    if hidden_size != architecture.get("hidden_size"):
+        raise PolicyFileError(
+            f"{path}: weights have {hidden_size} LSTM cells, header says "
+            f"{architecture.get('hidden_size')}"
+        )
+    return theta
