@@ -207,5 +207,5 @@ def test_baselines_accept_traced_hyperparameters():
             x = optax.apply_updates(x, u)
         return x  # traced once under jit: the Python loop unrolls into one program
 
-    np.testing.assert_allclose(final(jnp.array([0.05, 0.01])), np.stack([np_adam(0.05)[-1], np_adam(0.01)[-1]]),
-                               rtol=1e-10)
+    expected = np.stack([np_adam(0.05)[-1], np_adam(0.01)[-1]])
+    np.testing.assert_allclose(final(jnp.array([0.05, 0.01])), expected, rtol=1e-10)

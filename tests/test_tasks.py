@@ -116,7 +116,7 @@ def test_2016_families_have_paper_sizes_and_finite_objectives(family):
         p = task.init_params(jax.random.key(0))
         return jax.value_and_grad(task.true_loss)(p)
 
-    values, grads = jax.vmap(loss_and_grad)(train)
+    values, grads = jax.jit(jax.vmap(loss_and_grad))(train)
     assert np.all(np.isfinite(values))
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 

@@ -7,7 +7,7 @@ deterministic, as in the paper (``minibatch_objective`` ignores its key).
 
 Example::
 
-  train = logistic_regression_family(jax.random.key(0), 90)
+  train = logistic_regression_family(seed=0, num_objectives=90)
   one = jax.tree.map(lambda a: a[0], train)
   one.true_loss(one.init_params(jax.random.key(1)))
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 # Train / test set sizes of the 2016 paper (§6.4 of reference/paper.md); the net's test size is
@@ -96,73 +97,65 @@ class TwoLayerNetTask(_FullBatchTask):
         return xent + 0.5 * self.l2 * (jnp.sum(params["W"] ** 2) + jnp.sum(params["U"] ** 2))
 
 
-def _random_gaussian(key, dim):
-    """A random mean (N(0, 2²I)) and covariance (L Lᵀ/d + 0.1 I, L standard normal)."""
-    k_mean, k_cov = jax.random.split(key)
-    mean = 2.0 * jax.random.normal(k_mean, (dim,))
-    chol = jax.random.normal(k_cov, (dim, dim)) / jnp.sqrt(dim)
-    return mean, chol @ chol.T + 0.1 * jnp.eye(dim)
+def _mixture_points(rng: np.random.Generator, num_components: int, points_each: int, dim: int,
+                    identity_cov: bool = False) -> np.ndarray:
+    """``(num_components, points_each, dim)`` points of Gaussians with random means N(0, 2²I) and
+    random covariances L Lᵀ/d + 0.1 I (L standard normal), or identity covariances."""
+    mean = 2.0 * rng.standard_normal((num_components, 1, dim))
+    z = rng.standard_normal((num_components, points_each, dim))
+    if identity_cov:
+        return mean + z
+    chol = np.linalg.cholesky(
+        np.einsum("cij,ckj->cik", f := rng.standard_normal((num_components, dim, dim)), f) / dim
+        + 0.1 * np.eye(dim))
+    return mean + np.einsum("cpj,cij->cpi", z, chol)
 
 
-def _mixture_points(key, num_components, points_each, dim, identity_cov=False):
-    keys = jax.random.split(key, num_components)
-
-    def component(k):
-        k_g, k_x = jax.random.split(k)
-        mean, cov = _random_gaussian(k_g, dim)
-        cov = jnp.eye(dim) if identity_cov else cov
-        return jax.random.multivariate_normal(k_x, mean, cov, (points_each,))
-
-    return jax.vmap(component)(keys)  # (num_components, points_each, dim)
+def _rng(seed) -> np.random.Generator:
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
 
-def logistic_regression_family(key, num_objectives: int, *, dim: int = 3,
+def logistic_regression_family(seed, num_objectives: int, *, dim: int = 3,
                                points_per_class: int = 50, l2: float = 5e-4):
     """Two Gaussians with random means and covariances, ``points_per_class`` each, label = which."""
-
-    def one(k):
-        x = _mixture_points(k, 2, points_per_class, dim).reshape(-1, dim)
-        y = jnp.repeat(jnp.arange(2), points_per_class)
-        return x, y
-
-    x, y = jax.vmap(one)(jax.random.split(key, num_objectives))
-    return LogisticRegressionTask(x=x, y=y.astype(jnp.int32), l2=l2)
+    rng = _rng(seed)
+    x = np.stack([_mixture_points(rng, 2, points_per_class, dim).reshape(-1, dim)
+                  for _ in range(num_objectives)])
+    y = np.broadcast_to(np.repeat(np.arange(2), points_per_class), x.shape[:2])
+    return LogisticRegressionTask(x=jnp.asarray(x, jnp.float32), y=jnp.asarray(y, jnp.int32), l2=l2)
 
 
-def robust_regression_family(key, num_objectives: int, *, dim: int = 3, clusters: int = 4,
+def robust_regression_family(seed, num_objectives: int, *, dim: int = 3, clusters: int = 4,
                              points_per_cluster: int = 25, c: float = 1.0, noise: float = 1.0):
     """Four identity-covariance Gaussians; each cluster's labels are its points projected on its
     own random vector plus its own random bias, plus i.i.d. Gaussian noise (so one line fits badly)."""
-
-    def one(k):
-        k_x, k_w, k_b, k_n = jax.random.split(k, 4)
-        x = _mixture_points(k_x, clusters, points_per_cluster, dim, identity_cov=True)
-        w = jax.random.normal(k_w, (clusters, dim))
-        b = jax.random.normal(k_b, (clusters,))
-        y = jnp.einsum("cpd,cd->cp", x, w) + b[:, None]
-        y = y + noise * jax.random.normal(k_n, y.shape)
-        return x.reshape(-1, dim), y.reshape(-1)
-
-    x, y = jax.vmap(one)(jax.random.split(key, num_objectives))
-    return RobustRegressionTask(x=x, y=y, c=c)
+    rng = _rng(seed)
+    xs, ys = [], []
+    for _ in range(num_objectives):
+        x = _mixture_points(rng, clusters, points_per_cluster, dim, identity_cov=True)
+        w, b = rng.standard_normal((clusters, dim)), rng.standard_normal((clusters, 1))
+        y = np.einsum("cpd,cd->cp", x, w) + b + noise * rng.standard_normal((clusters, points_per_cluster))
+        xs.append(x.reshape(-1, dim))
+        ys.append(y.reshape(-1))
+    return RobustRegressionTask(x=jnp.asarray(np.stack(xs), jnp.float32),
+                                y=jnp.asarray(np.stack(ys), jnp.float32), c=c)
 
 
-def two_layer_net_family(key, num_objectives: int, *, dim: int = 2, hidden: int = 2,
+def two_layer_net_family(seed, num_objectives: int, *, dim: int = 2, hidden: int = 2,
                          num_classes: int = 2, clusters: int = 4, points_per_cluster: int = 25,
                          l2: float = 5e-4):
     """Four Gaussians with random means and covariances; each gets a random label, not all equal."""
-
-    def one(k):
-        k_x, k_y = jax.random.split(k)
-        x = _mixture_points(k_x, clusters, points_per_cluster, dim)
-        labels = jax.random.randint(k_y, (clusters,), 0, num_classes)
-        # Ensure at least two distinct labels: if all equal, flip the last cluster's label.
-        labels = labels.at[-1].set(jnp.where(jnp.all(labels == labels[0]),
-                                             (labels[0] + 1) % num_classes, labels[-1]))
-        return x.reshape(-1, dim), jnp.repeat(labels, points_per_cluster)
-
-    x, y = jax.vmap(one)(jax.random.split(key, num_objectives))
-    return TwoLayerNetTask(x=x, y=y.astype(jnp.int32), hidden=hidden, num_classes=num_classes, l2=l2)
+    rng = _rng(seed)
+    xs, ys = [], []
+    for _ in range(num_objectives):
+        labels = rng.integers(0, num_classes, clusters)
+        while np.all(labels == labels[0]):
+            labels = rng.integers(0, num_classes, clusters)
+        xs.append(_mixture_points(rng, clusters, points_per_cluster, dim).reshape(-1, dim))
+        ys.append(np.repeat(labels, points_per_cluster))
+    return TwoLayerNetTask(x=jnp.asarray(np.stack(xs), jnp.float32),
+                           y=jnp.asarray(np.stack(ys), jnp.int32),
+                           hidden=hidden, num_classes=num_classes, l2=l2)
 
 
 FAMILIES = {"logistic": logistic_regression_family, "robust": robust_regression_family,
@@ -176,5 +169,5 @@ def objective_split(family: str, split: str, *, seed: int = 0):
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
     n_train, n_test = SPLIT_SIZES[family]
-    key = jax.random.fold_in(jax.random.key(seed), 0 if split == "train" else 1)
-    return FAMILIES[family](key, n_train if split == "train" else n_test)
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    return FAMILIES[family](rng, n_train if split == "train" else n_test)
