@@ -84,19 +84,19 @@ def transition_moments(state: jax.Array, action: jax.Array, next_state: jax.Arra
     if state_moments is None:
         state_moments = moments_from_points(state, weights)
     next_moments = moments_from_points(next_state, weights)
+    weighted_state, weighted_action = state, action
     if weights is not None:
-        action = action * weights.astype(dtype)[..., None]
-    action_sum = action.sum(-2)
+        weighted_state = state * weights.astype(dtype)[..., None]
+        weighted_action = action * weights.astype(dtype)[..., None]
 
     def cross(a, b):
         return jnp.einsum("...nd,...ne->...de", a, b)
 
-    state_action = cross(state, action)                     # action already carries the weights
-    action_action = cross(action, action) if weights is None else cross(
-        action, action / jnp.where(weights > 0, weights, 1).astype(dtype)[..., None])
-    action_next = cross(action, next_state)
-    weighted_state = state if weights is None else state * weights.astype(dtype)[..., None]
+    state_action = cross(weighted_state, action)
+    action_action = cross(weighted_action, action)
+    action_next = cross(weighted_action, next_state)
     state_next = cross(weighted_state, next_state)
+    action_sum = weighted_action.sum(-2)
 
     def transpose(x):
         return jnp.swapaxes(x, -1, -2)

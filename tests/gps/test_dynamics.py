@@ -15,6 +15,7 @@ from metaopt.gps import (
     pooled_time_prior,
     posterior_mean_covariance,
     sum_moments,
+    transition_moments,
     transition_points,
     zeros_moments,
 )
@@ -66,6 +67,30 @@ def test_streamed_moments_equal_batch_moments_and_merge_across_devices():
     np.testing.assert_allclose(batch.count, mask.sum())
     selected = points.reshape(30, 7)[mask.reshape(30) > 0]
     np.testing.assert_allclose(batch.second, selected.T @ selected, rtol=1e-12)
+
+
+def test_blockwise_transition_moments_in_a_rollout_scan_equal_moments_of_points():
+    rng = np.random.default_rng(6)
+    horizon, count, state_dim, action_dim = 5, 7, 3, 2
+    states = rng.normal(size=(horizon + 1, count, state_dim))
+    actions = rng.normal(size=(horizon, count, action_dim))
+    weights = (rng.uniform(size=count) > 0.3).astype(np.float64)
+    with float64():
+        def step(state_moments, inputs):
+            state, action, next_state = inputs
+            moments, next_moments = transition_moments(state, action, next_state, weights,
+                                                       state_moments)
+            return next_moments, moments
+        first = moments_from_points(jnp.asarray(states[0]), weights)
+        _, streamed = jax.lax.scan(step, first, (states[:-1], actions, states[1:]))
+        direct = moments_from_points(
+            transition_points(states[:-1], actions, states[1:]), weights)
+        unweighted, _ = transition_moments(states[0], actions[0], states[1])
+        streamed, direct, unweighted = jax.device_get((streamed, direct, unweighted))
+    for got, want in zip(streamed, direct, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    points = np.concatenate([states[0], actions[0], states[1]], -1)
+    np.testing.assert_allclose(unweighted.second, points.T @ points, rtol=1e-12)
 
 
 def test_fit_without_prior_equals_least_squares_regression():
