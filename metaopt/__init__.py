@@ -14,6 +14,7 @@ from metaopt.controller import linear_gaussian_controller, momentum_controller
 from metaopt.features import GPS_STATE_DIM
 from metaopt.learned_optimizer import LearnedOptState, learned_opt
 from metaopt.policy import init_policy
+from metaopt.pretrained import pretrained
 from metaopt.serialization import PolicyFileError, load, save
 
 __version__ = "0.1.0"
@@ -27,5 +28,6 @@ __all__ = [
     "linear_gaussian_controller",
     "load",
     "momentum_controller",
+    "pretrained",
     "save",
 ]

@@ -1,4 +1,8 @@
-"""The ``metaopt`` command line: ``metaopt baselines --config paper --out results/baselines``."""
+"""The ``metaopt`` command line.
+
+  metaopt baselines --config paper --out results/baselines   # tune the hand-designed baselines
+  metaopt train --config paper --out results/train [--resume]  # GPS meta-training + evaluation
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,22 @@ def _baselines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from metaopt.evaluation.report import markdown_table
+    from metaopt.training.job import run_train_job
+
+    out = run_train_job(args.config, args.out, resume=args.resume, iterations=args.iterations)
+    print(markdown_table(out["paths"]["csv"]))
+    verdict = out["verdict"]
+    print(f"\nlearned policy final {verdict['learned_final_mean']:.4f} vs best tuned baseline "
+          f"{verdict['best_baseline']} {verdict['best_baseline_final_mean']:.4f}: "
+          f"{'beats' if verdict['beats_every_baseline_at_final_step'] else 'does NOT beat'} "
+          "every baseline at the last step")
+    print(f"wrote {', '.join(str(p) for p in out['paths'].values())} in {out['wall_time_s']:.0f} s "
+          f"(peak RSS {out['peak_rss_gb']:.2f} GB)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="metaopt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -26,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="paper", help="a name in metaopt.configs.CONFIGS")
     p.add_argument("--out", default="results/baselines", help="output folder")
     p.set_defaults(run=_baselines)
+    p = sub.add_parser("train", help="meta-train the LSTM optimizer by GPS, then evaluate it "
+                                     "against the tuned baselines")
+    p.add_argument("--config", default="paper", help="a name in metaopt.training.job.TRAIN_CONFIGS")
+    p.add_argument("--out", default="results/train", help="output folder (checkpoints, policy, report)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint under OUT/checkpoints")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="GPS iterations (default: the config's); with --resume, stop there")
+    p.set_defaults(run=_train)
     args = parser.parse_args(argv)
     from metaopt.data import ChecksumError, DatasetUnavailableError
 

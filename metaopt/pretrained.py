@@ -1,0 +1,54 @@
+"""The meta-trained policy shipped inside the package (``metaopt/assets/policy.metaopt``).
+
+Example::
+
+  import optax, metaopt
+  tx = optax.chain(optax.clip_by_global_norm(1.0), metaopt.learned_opt(metaopt.pretrained()))
+
+``metaopt/assets/policy.json`` records the command, configuration and training log summary of the
+run that produced the file (``pretrained_info()`` returns it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from typing import Any
+
+from metaopt.policy import Theta
+from metaopt.serialization import load
+
+POLICY_FILE = "policy.metaopt"
+INFO_FILE = "policy.json"
+
+__all__ = ["POLICY_FILE", "pretrained", "pretrained_info", "pretrained_path"]
+
+
+def pretrained_path() -> str:
+    """Where the shipped policy file lives (it may be absent in a source checkout)."""
+    return os.fspath(resources.files("metaopt") / "assets" / POLICY_FILE)
+
+
+def pretrained(path: str | os.PathLike | None = None) -> Theta:
+    """Loads the shipped meta-trained policy (or the policy file at ``path``).
+
+    Raises:
+      FileNotFoundError: the file is absent, with how to make one.
+      metaopt.PolicyFileError: the file is not a readable policy of this format version.
+    """
+    path = pretrained_path() if path is None else os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"no pretrained policy at {path}. Meta-train one with `make train` (or `metaopt train "
+            f"--config paper --out results/train`) and copy results/train/{POLICY_FILE} there, "
+            "or load your own file with metaopt.load(path).")
+    return load(path)
+
+
+def pretrained_info() -> dict[str, Any]:
+    """How the shipped policy was made (command, configuration, results), from ``policy.json``."""
+    path = resources.files("metaopt") / "assets" / INFO_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {INFO_FILE} next to the shipped policy ({path}).")
+    return json.loads(path.read_text())

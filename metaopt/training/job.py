@@ -1,0 +1,253 @@
+"""The ``metaopt train`` job: GPS meta-training, then the learned policy against tuned baselines.
+
+``run_train_job("paper", "results/train")`` meta-trains on the paper's task (``TrainConfig.paper``)
+with an Orbax checkpoint per iteration under ``<out>/checkpoints`` (``resume=True`` continues
+from the latest one), writes each iteration's policy to ``<out>/policies/iter_NNN.metaopt`` and
+the final one to ``<out>/policy.metaopt`` (``metaopt.save``), then runs the deterministic mean of
+the final policy (``learned_opt``) and every tuned baseline on held-out seeds (initialisation and
+minibatch order never seen in meta-training) with the true objective on the whole training split.
+
+Written into ``out``: ``results.json``, ``summary.csv``, ``curves.png`` (``write_report``),
+``training_log.json`` and ``training_log.png`` (the per-iteration GPS log).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import resource
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from metaopt.evaluation.report import write_report
+from metaopt.evaluation.tuning import run_grid, tune
+from metaopt.evaluation.unroll import eval_steps
+from metaopt.learned_optimizer import learned_opt
+from metaopt.optimizers.baselines import BASELINES
+from metaopt.serialization import save
+from metaopt.training.gps_loop import TrainConfig, make_dataset_task, make_task, train
+
+LEARNED = "learned_gps"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainJobConfig:
+    """Meta-training hyperparameters plus how the result is evaluated.
+
+    Attributes:
+      train: the GPS run.
+      eval_seeds: held-out seeds: ``jax.random.key(seed)`` seeds x_0 and the minibatch order
+        exactly as in ``metaopt.evaluation`` (meta-training uses ``key(train.seed + 1)``).
+      eval_every: true-objective period of the evaluation curves (over ``train.horizon`` steps).
+      baselines_file: ``results.json`` of ``metaopt baselines`` whose tuned hyperparameters are
+        re-run on ``eval_seeds``; ``None`` tunes ``baselines`` here on ``tuning_seeds``.
+      baselines, tuning_seeds: used when ``baselines_file`` is ``None``.
+    """
+
+    train: TrainConfig
+    eval_seeds: tuple[int, ...] = (100, 101, 102, 103, 104)
+    eval_every: int = 10
+    baselines_file: str | None = None
+    baselines: tuple[str, ...] = tuple(BASELINES)
+    tuning_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+
+
+TRAIN_CONFIGS: dict[str, TrainJobConfig] = {
+    # The paper's task; tuned baselines from `metaopt baselines --config paper`.
+    "paper": TrainJobConfig(TrainConfig.paper(), baselines_file="results/baselines/results.json"),
+    # Seconds: the tiny synthetic preset, three baselines tuned here on two seeds.
+    "quick": TrainJobConfig(TrainConfig.tiny(), eval_seeds=(100, 101), eval_every=5,
+                            baselines=("sgd", "momentum", "adam"), tuning_seeds=(0, 1)),
+}
+
+
+def get_train_config(name: str) -> TrainJobConfig:
+    if name not in TRAIN_CONFIGS:
+        raise ValueError(f"unknown train config {name!r}; choose one of {sorted(TRAIN_CONFIGS)}.")
+    return TRAIN_CONFIGS[name]
+
+
+def evaluation_task(config: TrainConfig):
+    """The meta-training task with the true objective on the whole training split."""
+    if config.dataset is None:
+        return make_task(dataclasses.replace(config, train_eval_subset=None))
+    return make_dataset_task(config, eval_subset=None)
+
+
+def _log_fields(entry: dict) -> dict:
+    return {
+        "ctrl": f"{entry['controller_objective']:.4f}",
+        "pi": f"{entry['policy_objective']:.4f}",
+        "pi_T": f"{entry['policy_final_objective']:.4f}",
+        "kl/eps": f"{np.sum(entry['kl']) / np.sum(entry['kl_budget']):.2f}",
+        "s_loss": f"{entry['s_step_loss_after']:.2e}",
+    }
+
+
+def _baseline_settings(job: TrainJobConfig, task, num_steps: int) -> dict[str, dict]:
+    """Tuned hyperparameters per baseline: from ``baselines_file`` or tuned here."""
+    if job.baselines_file is not None:
+        path = Path(job.baselines_file)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} not found: run `metaopt baselines --config paper` first (it tunes the "
+                "baselines this job compares against).")
+        doc = json.loads(path.read_text())
+        cfg = doc["meta"]["config"]
+        expected = {"dataset": job.train.dataset, "batch_size": job.train.batch_size,
+                    "num_steps": num_steps, "input_dim": job.train.widths[0],
+                    "hidden": list(job.train.widths[1:-1]), "l2": job.train.l2,
+                    "activation": job.train.activation,
+                    "projection_seed": job.train.projection_seed}
+        mismatch = {k: (cfg.get(k), v) for k, v in expected.items() if cfg.get(k) != v}
+        if mismatch:
+            raise ValueError(f"{path} was tuned on another task: {mismatch} (file, this job).")
+        return {name: {"hyperparams": row["hyperparams"], "tuned_in": str(path),
+                       "tuning_final_mean": row.get("tuning_final_mean")}
+                for name, row in doc["optimizers"].items()}
+    settings = {}
+    for name in job.baselines:
+        spec = BASELINES[name]
+        result = tune(spec.factory, spec.grid_points(), task, job.tuning_seeds,
+                      num_steps=num_steps, eval_every=job.eval_every)
+        settings[name] = {"hyperparams": result.best, "tuned_in": "this job",
+                          "tuning_final_mean": float(result.scores[result.best_index])}
+    return settings
+
+
+def evaluate_against_baselines(theta, job: TrainJobConfig, out_dir, *, meta: dict) -> dict:
+    """Curves of π's mean and each tuned baseline on ``job.eval_seeds``; writes the report."""
+    config = job.train
+    task = evaluation_task(config)
+    num_steps = config.horizon
+    steps = eval_steps(num_steps, job.eval_every)
+    curves, details = {}, {}
+    curves[LEARNED] = run_grid(lambda: learned_opt(theta), [{}], task, job.eval_seeds,
+                               num_steps=num_steps, eval_every=job.eval_every)[0]
+    details[LEARNED] = {"description": "GPS-trained LSTM, deterministic mean (learned_opt)",
+                        "hyperparams": {}}
+    for name, setting in _baseline_settings(job, task, num_steps).items():
+        spec = BASELINES[name]
+        curves[name] = run_grid(spec.factory, [setting["hyperparams"]], task, job.eval_seeds,
+                                num_steps=num_steps, eval_every=job.eval_every)[0]
+        details[name] = {"description": spec.description, **setting}
+    finals = {n: float(np.mean(c[:, -1])) for n, c in curves.items()}
+    best_baseline = min((n for n in finals if n != LEARNED), key=lambda n: finals[n])
+    widths = "-".join(map(str, task.widths))
+    verdict = {
+        "learned_final_mean": finals[LEARNED],
+        "best_baseline": best_baseline,
+        "best_baseline_final_mean": finals[best_baseline],
+        "beats_every_baseline_at_final_step": bool(
+            all(finals[LEARNED] < v for n, v in finals.items() if n != LEARNED)),
+    }
+    paths = write_report(
+        out_dir, curves=curves, steps=steps, details=details,
+        meta={**meta, "task": f"{widths} {config.activation} MLP on "
+                              f"{config.dataset or 'synthetic data'}, minibatch "
+                              f"{config.batch_size}, l2 {config.l2}",
+              "true_objective_on": task.eval_description, "eval_seeds": list(job.eval_seeds),
+              "verdict": verdict},
+        title=f"GPS-learned optimizer vs tuned baselines: {widths}, {num_steps} steps "
+              f"(mean ± std, {len(job.eval_seeds)} held-out seeds)")
+    return {"paths": paths, "curves": curves, "verdict": verdict}
+
+
+def plot_training_log(path, log: list[dict]) -> None:
+    """Four panels per iteration: objectives, KL vs budget, step multiplier and ν, S-step loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    it = [e["iteration"] for e in log]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    ax = axes[0, 0]
+    ax.plot(it, [e["controller_objective"] for e in log], "o-", label="controllers ψ (samples), mean_t f")
+    ax.plot(it, [e["policy_objective"] for e in log], "s-", label="π mean, mean_t f")
+    ax.plot(it, [e["policy_final_objective"] for e in log], "^-", label="π mean, f(x_T)")
+    ax.set_title("true objective on the training condition")
+    ax.legend(fontsize=7)
+    ax = axes[0, 1]
+    ax.plot(it, [np.sum(e["kl"]) for e in log], "o-", label="Σ_g KL(ψ_new‖ψ)")
+    ax.plot(it, [np.sum(e["kl_budget"]) for e in log], "--", label="Σ_g budget")
+    ax.set_yscale("log")
+    ax.set_title("C-step trust region")
+    ax.legend(fontsize=7)
+    ax = axes[1, 0]
+    ax.plot(it, [np.mean(e["step_multiplier"]) for e in log], "o-",
+            label="step multiplier (mean over groups)")
+    ax.plot(it, [np.mean(e["penalty"]) for e in log], "s-", label="ν (mean)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax = axes[1, 1]
+    ax.plot(it, [e["s_step_loss_before"] for e in log], "o-", label="before")
+    ax.plot(it, [e["s_step_loss_after"] for e in log], "s-", label="after")
+    ax.set_yscale("log")
+    ax.set_title("S-step loss")
+    ax.legend(fontsize=7)
+    for a in axes.flat:
+        a.set_xlabel("GPS iteration")
+        a.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_train_job(name: str, out_dir, *, resume: bool = False, progress: bool = True,
+                  iterations: int | None = None) -> dict:
+    """Meta-train with ``TRAIN_CONFIGS[name]`` into ``out_dir``, then evaluate (module docs).
+
+    ``iterations`` overrides the preset's count (e.g. to stop a resumed run early and evaluate).
+    """
+    job = get_train_config(name)
+    if iterations is not None:
+        job = dataclasses.replace(job, train=dataclasses.replace(job.train, iterations=iterations))
+    config = job.train
+    out = Path(out_dir)
+    (out / "policies").mkdir(parents=True, exist_ok=True)
+    timings_path = out / "timings.json"
+    timings = json.loads(timings_path.read_text()) if resume and timings_path.exists() else {}
+    start = time.perf_counter()
+    bar = tqdm(total=config.iterations, desc=f"GPS ({name})", unit="it", disable=not progress)
+
+    def on_iteration(state, entry, seconds):
+        timings[str(entry["iteration"])] = round(seconds, 2)
+        timings_path.write_text(json.dumps(timings, indent=1))
+        save(out / "policies" / f"iter_{int(state.iteration):03d}.metaopt", state.theta,
+             metadata={"config": name, "iteration": int(state.iteration)})
+        bar.n = int(state.iteration)
+        bar.set_postfix(_log_fields(entry) | {"s/it": f"{seconds:.0f}"})
+
+    theta, log = train(config, out / "checkpoints", resume=resume, callback=on_iteration,
+                       max_to_keep=None)
+    bar.n = len(log)
+    bar.refresh()
+    bar.close()
+    train_seconds = time.perf_counter() - start
+    peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    config_dict = dataclasses.asdict(config)
+    save(out / "policy.metaopt", theta,
+         metadata={"config": name, "iterations": len(log), "train_config": config_dict})
+    with open(out / "training_log.json", "w") as fh:
+        json.dump({"config": name, "train_config": config_dict,
+                   "seconds_per_iteration": timings, "entries": log}, fh, indent=1)
+    plot_training_log(out / "training_log.png", log)
+    meta = {"job": "train", "config": name, "train_config": config_dict,
+            "iterations": len(log), "seconds_per_iteration": timings,
+            "train_wall_time_s_this_process": round(train_seconds, 1),
+            "peak_rss_gb_after_training": round(peak_rss_gb, 2),
+            "jax_devices": [str(d) for d in jax.devices()]}
+    result = evaluate_against_baselines(theta, job, out, meta=meta)
+    result["log"] = log
+    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    result["wall_time_s"] = time.perf_counter() - start
+    return result
+
+
+__all__ = ["TRAIN_CONFIGS", "TrainJobConfig", "evaluate_against_baselines", "get_train_config",
+           "plot_training_log", "run_train_job"]
