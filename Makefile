@@ -31,10 +31,12 @@ test-slow: install
 	$(PY) -m pytest -q -m slow
 
 experiments: install
-	$(PY) experiments/baselines.py --out results/baselines
+	$(PY) experiments/baselines.py --config paper --out results/baselines
 
 bench: install
 	$(PY) benchmarks/rollout.py
+	$(PY) benchmarks/step_overhead.py
+	$(PY) benchmarks/cstep.py
 
 lint: install
 	$(VENV)/bin/ruff check metaopt tests benchmarks experiments

@@ -66,7 +66,7 @@ BASELINES: dict[str, BaselineSpec] = {
     ),
     "momentum": BaselineSpec(
         lambda learning_rate, momentum: optax.sgd(learning_rate, momentum=momentum),
-        {"learning_rate": _log_grid(1e-3, 1.0), "momentum": (0.3, 0.5, 0.8, 0.9, 0.95, 0.99)},
+        {"learning_rate": _log_grid(1e-3, 1.0), "momentum": (0.5, 0.8, 0.9, 0.95, 0.99)},
         "SGD with heavy-ball momentum",
     ),
     "adam": BaselineSpec(
