@@ -117,8 +117,8 @@ class TrainConfig:
 
         48-48-10 ReLU MLP, MNIST projected to 48 dims, minibatch 64, ℓ2 5e-4 (as the tuned
         baselines in ``results/baselines``), T = 400, 128-cell LSTM. Initial controller: the
-        tuned momentum of ``results/baselines`` (lr 0.3, μ 0.5, best of a 66-point grid over
-        5 tuning seeds). Knobs reduced for time are set in ``PAPER_OVERRIDES``
+        tuned momentum of ``results/baselines`` (lr 0.3, μ 0.5, best of a 35-point grid over
+        5 tuning seeds). Knobs reduced for time are marked in ``PAPER_SETTING``
         (see ``metaopt/assets/policy.json`` for the values of the shipped run).
         """
         return cls(**{**PAPER_SETTING, **overrides})
