@@ -27,6 +27,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import interleaved_times
 
 from metaopt import features
 from metaopt.controller import controller_step, linear_gaussian_controller, momentum_controller
@@ -66,21 +67,8 @@ def timed(fn, *args, repeats):
 
 
 def interleaved_timings(cases, repeats):
-    """{name: Timing} for {name: (fn, args, float64?)}: warm-up calls, then ``repeats`` rounds
-    that call every case once, so that load from other processes hits all cases alike."""
-    def call(fn, args, x64):
-        with jax.enable_x64(x64):
-            jax.block_until_ready(fn(*args))
-
-    for fn, args, x64 in cases.values():
-        call(fn, args, x64)
-    times = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, case in cases.items():
-            start = time.perf_counter()
-            call(*case)
-            times[name].append(time.perf_counter() - start)
-    return {name: Timing(values) for name, values in times.items()}
+    """{name: Timing} for {name: (fn, args, float64?)}, calls interleaved (``common``)."""
+    return {name: Timing(values) for name, values in interleaved_times(cases, repeats).items()}
 
 
 # ------------------------------------------------------------------------------------------------

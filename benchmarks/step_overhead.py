@@ -14,14 +14,12 @@ Usage: ``python benchmarks/step_overhead.py [--repeats 30]``; prints markdown ta
 """
 
 import argparse
-import os
-import platform
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import optax
+from common import interleaved_times, machine
 
 from metaopt.learned_optimizer import _CPU_CHUNK_SIZE, learned_opt
 from metaopt.policy import HIDDEN_SIZE, LSTMCarry, apply_policy, init_policy
@@ -42,29 +40,8 @@ def mlp_params(widths, key):
 
 def time_interleaved(functions, repeats):
     """Median wall time of each ``name -> (fn, args)``, calls interleaved to share the noise."""
-    for fn, args in functions.values():
-        jax.block_until_ready(fn(*args))
-    times = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, (fn, args) in functions.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            times[name].append(time.perf_counter() - start)
+    times = interleaved_times(functions, repeats)
     return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def machine_description():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    device = jax.devices()[0]
-    return (
-        f"{cpu}, {os.cpu_count()} CPUs visible, JAX {jax.__version__} on {device.platform} "
-        f"({device.device_kind}), {len(jax.devices())} device(s)"
-    )
 
 
 def update_overhead(theta, repeats):
@@ -122,7 +99,7 @@ def main():
     args = parser.parse_args()
     theta = init_policy(jax.random.key(0))
 
-    print(f"Machine: {machine_description()}\n")
+    print(f"Machine: {machine()}\n")
     print("| pytree | params | learned_opt update (ms) | adam update (ms) | ratio |")
     print("|---|---:|---:|---:|---:|")
     for name, n_params, t_learned, t_adam in update_overhead(theta, args.repeats):

@@ -39,10 +39,18 @@ def summarize(curve: np.ndarray, steps: Sequence[int]) -> dict[str, float]:
 
 
 def machine_description() -> str:
+    """CPU model, visible cores, jax version and devices: named next to every figure we report."""
     import jax
 
-    devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
-    return f"{platform.node()} ({os.cpu_count()} CPU cores, {platform.machine()}; jax devices: {devices})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    kinds = ", ".join(sorted({d.device_kind for d in jax.devices()}))
+    return (f"{cpu}, {os.cpu_count()} CPU cores visible, jax {jax.__version__} on {kinds}, "
+            f"{jax.device_count()} device(s)")
 
 
 def git_commit() -> str:
