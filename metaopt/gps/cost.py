@@ -16,36 +16,53 @@ def horizon_weights(horizon: int, dtype=jnp.float32) -> jax.Array:
 
 
 def tied_coordinate_cost(curvature: jax.Array, state_dim: int, action_dim: int = 1,
-                         weights: jax.Array | None = None) -> QuadraticCost:
+                         weights: jax.Array | None = None,
+                         gradient_model: tuple[jax.Array, jax.Array] | None = None) -> QuadraticCost:
     """The per-coordinate cost w_t·(g*ᵀa + ½ h_t aᵀa) of SPEC §3, tied within a group.
 
-    g* (the true-objective gradient) is the last ``action_dim`` entries of the state, so the cost is
-    a quadratic in (s, a) with a cross term between those entries and a, and no constant.
+    By default g* (the true-objective gradient) is the last ``action_dim`` entries of the state, so
+    the cost is a quadratic in (s, a) with a cross term between those entries and a, and no
+    constant. With ``gradient_model = (M, m)`` the state does not hold g*; its estimate
+    E[g* | s] = M_t s + m_t stands in for it. The expected cost of any controller that acts on s
+    alone is the same either way (E[g*ᵀa] = E[E[g*|s]ᵀa] when a depends on s only), but the LQG
+    can no longer buy cost reductions with information the learned policy never sees.
 
     Args:
       curvature: h_{g,t}, ``(..., T)``, the measured curvature of f along the group's steps.
-      state_dim: dX (79 for the GPS state of SPEC §3).
+      state_dim: dX (79 for the GPS state of SPEC §3, 78 without g*).
       action_dim: dU (1: one coordinate's step).
       weights: w_t, ``(T,)`` or ``(..., T)``; default ``horizon_weights(T)``.
+      gradient_model: optional ``(M (..., T, dU, dX), m (..., T, dU))``, e.g. from
+        ``metaopt.gps.fit_conditional_mean``.
 
     Returns:
       ``QuadraticCost`` with hessian ``(..., T, dX + dU, dX + dU)``.
     """
     curvature = jnp.asarray(curvature)
+    dtype = curvature.dtype
     horizon = curvature.shape[-1]
     if weights is None:
-        weights = horizon_weights(horizon, curvature.dtype)
-    weights = jnp.broadcast_to(jnp.asarray(weights, curvature.dtype), curvature.shape)
+        weights = horizon_weights(horizon, dtype)
+    weights = jnp.broadcast_to(jnp.asarray(weights, dtype), curvature.shape)
     dim = state_dim + action_dim
-    eye_u = jnp.eye(action_dim, dtype=curvature.dtype)
-    hessian = jnp.zeros((*curvature.shape, dim, dim), curvature.dtype)
-    action_block = (weights * curvature)[..., None, None] * eye_u
-    cross = weights[..., None, None] * eye_u
-    hessian = hessian.at[..., state_dim:, state_dim:].set(action_block)
-    hessian = hessian.at[..., state_dim - action_dim:state_dim, state_dim:].set(cross)
-    hessian = hessian.at[..., state_dim:, state_dim - action_dim:state_dim].set(cross)
-    return QuadraticCost(hessian, jnp.zeros((*curvature.shape, dim), curvature.dtype),
-                         jnp.zeros(curvature.shape, curvature.dtype))
+    eye_u = jnp.eye(action_dim, dtype=dtype)
+    if gradient_model is None:
+        coefficients = jnp.zeros((action_dim, state_dim), dtype).at[:, state_dim - action_dim:].set(eye_u)
+        coefficients = jnp.broadcast_to(coefficients, (*curvature.shape, action_dim, state_dim))
+        offset = jnp.zeros((*curvature.shape, action_dim), dtype)
+    else:
+        coefficients, offset = (jnp.asarray(x, dtype) for x in gradient_model)
+        if coefficients.shape[-2:] != (action_dim, state_dim):
+            raise ValueError(f"gradient_model's M has trailing shape {coefficients.shape[-2:]}; "
+                             f"expected (dU, dX) = ({action_dim}, {state_dim}).")
+    w = weights[..., None, None]
+    hessian = jnp.zeros((*curvature.shape, dim, dim), dtype)
+    hessian = hessian.at[..., state_dim:, state_dim:].set(w * curvature[..., None, None] * eye_u)
+    hessian = hessian.at[..., state_dim:, :state_dim].set(w * coefficients)
+    hessian = hessian.at[..., :state_dim, state_dim:].set(w * jnp.swapaxes(coefficients, -1, -2))
+    gradient = jnp.zeros((*curvature.shape, dim), dtype)
+    gradient = gradient.at[..., state_dim:].set(weights[..., None] * offset)
+    return QuadraticCost(hessian, gradient, jnp.zeros(curvature.shape, dtype))
 
 
 def controller_precision(controller: LinearGaussianController) -> tuple[jax.Array, jax.Array]:

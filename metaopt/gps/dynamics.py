@@ -30,7 +30,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from metaopt.gps.moments import mean_covariance, sum_moments
+from metaopt.gps.moments import mean_covariance, select_moments, sum_moments
 from metaopt.gps.types import (
     LinearGaussianDynamics,
     RegressionMoments,
@@ -163,3 +163,29 @@ def fit_dynamics(moments: RegressionMoments, state_dim: int,
         initial_covariance=empirical[..., :state_dim, :state_dim] + initial_state_variance * eye,
     )
 
+
+
+def fit_conditional_mean(moments: RegressionMoments, inputs, outputs,
+                         prior_strength: float | jax.Array = DEFAULT_PRIOR_STRENGTH,
+                         ridge: float = 1e-3) -> tuple[jax.Array, jax.Array]:
+    """Per-(group, t) linear regression E[y[outputs] | y[inputs]] = M y[inputs] + m.
+
+    The joint Gaussian of the selected entries gets the same pooled-over-time NIW prior as
+    ``fit_dynamics`` (strength ``prior_strength`` per step) and ``ridge`` on the inputs' block.
+    Used for E[g* | s] when the controllers may not see g* (``tied_coordinate_cost``).
+
+    Args:
+      moments: count ``(..., T)``; first ``(..., T, D)``.
+      inputs, outputs: integer indices into y.
+
+    Returns:
+      M ``(..., T, len(outputs), len(inputs))`` and m ``(..., T, len(outputs))``.
+    """
+    inputs, outputs = list(inputs), list(outputs)
+    selected = select_moments(moments, inputs + outputs)
+    prior = pooled_time_prior(selected, prior_strength)
+    prior = NormalInverseWishartPrior(
+        prior.mean[..., None, :], prior.covariance[..., None, :, :], prior.strength)
+    mean, covariance = posterior_mean_covariance(selected, prior)
+    gain, offset, _ = condition_gaussian(mean, covariance, len(inputs), ridge)
+    return gain, offset

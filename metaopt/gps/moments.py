@@ -141,3 +141,13 @@ def mean_covariance(moments: RegressionMoments) -> tuple[jax.Array, jax.Array]:
     second = jnp.where(count[..., None] > 0, moments.second / safe[..., None], 0)
     covariance = second - mean[..., :, None] * mean[..., None, :]
     return mean, 0.5 * (covariance + jnp.swapaxes(covariance, -1, -2))
+
+
+def select_moments(moments: RegressionMoments, index) -> RegressionMoments:
+    """Moments of the sub-vector y[index] (a sub-block of Σy and Σyyᵀ; counts unchanged)."""
+    index = jnp.asarray(index)
+    return RegressionMoments(
+        count=moments.count,
+        first=moments.first[..., index],
+        second=moments.second[..., index[:, None], index[None, :]],
+    )

@@ -4,7 +4,10 @@ One GPS iteration (``gps_iteration``), following the reference's ``Algorithm.ite
 
 1. ``rollout``: N samples from the current controllers ψ (the trust-region reference).
 2. Model: dynamics per (g, t) from the pooled moments (NIW prior pooled over time), the tied cost
-   w_t·(g*·a + ½ h_{g,t} a²) with the measured curvature, and π's linearisation.
+   w_t·(g*·a + ½ h_{g,t} a²) with the measured curvature, and π's linearisation. By default the
+   model's state is the *observable* GPS state (Φ, ĝ, a(t−1): what the policy can infer from its
+   own inputs) and g* enters the cost through its regression E[g* | s] (see ``TrainConfig.
+   privileged_gradient`` for why).
 3. Step multiplier (from iteration 1): predicted vs actual improvement of the Laplace cost
    estimate (``metaopt.gps.update_step_multiplier``).
 4. ``inner_iterations`` times: [S-step (not at iteration 0, inner 0), π refit, dual step on λ
@@ -35,8 +38,10 @@ from metaopt.gps import (
     LinearGaussianDynamics,
     estimated_cost,
     eta_search,
+    fit_conditional_mean,
     fit_dynamics,
     float64,
+    select_moments,
     tied_coordinate_cost,
     update_step_multiplier,
 )
@@ -95,6 +100,13 @@ class TrainConfig:
     penalty_increase: float = 2.0
     penalty_decrease: float = 0.5
     sequential_c_step: bool = True      # lax.map over groups (CPU); False: vmap (accelerators)
+    # Whether the controllers may act on g* (SPEC §3's privileged state). Measured on the paper
+    # preset (results/train, iterations 1-7): with g* in the controllers' state the C-step moved
+    # the gain from ĝ (0.3 → 0.004) to g* (0 → −0.1) and dropped momentum, the policy (which
+    # never sees g*) could not follow, and iteration 2's controller with its g* gain zeroed was
+    # worse than the momentum it started from (final f 0.430 vs 0.420). Default False: the
+    # controllers see [Φ, ĝ, a(t−1)] and the cost uses E[g* | that state] (same expected cost).
+    privileged_gradient: bool = False
     dynamics_prior_strength: float = 1.0
     dynamics_ridge: float = 1e-3
     policy_prior_strength: float = 1.0
@@ -164,12 +176,35 @@ def make_dataset_task(config: TrainConfig, *, eval_subset: int | None):
 
 
 class PreviousModel(NamedTuple):
-    """The previous iteration's controller and model, for the step-multiplier update."""
+    """The previous iteration's controller and model, for the step-multiplier update.
+
+    ``dynamics``, ``linearization`` and the gradient model ``(M (G, T, 1, dM), m (G, T, 1))`` live
+    in the model's state space (``model_state_dim``); ``controller`` in the full GPS state.
+    """
 
     controller: LinearGaussianController
     dynamics: LinearGaussianDynamics
     curvature: jax.Array
     linearization: LinearGaussianController
+    gradient_coefficients: jax.Array
+    gradient_offset: jax.Array
+
+
+def model_state_dim(config) -> int:
+    """dM: the width of the state the C-step's model and controllers use (79, or 78 without g*)."""
+    return STATE_DIM if config.privileged_gradient else STATE_DIM - 1
+
+
+def to_model(controller: LinearGaussianController, dim: int) -> LinearGaussianController:
+    """The controller on the model's first ``dim`` state entries (dropped columns must be 0)."""
+    return controller._replace(gain=controller.gain[..., :dim])
+
+
+def from_model(controller: LinearGaussianController) -> LinearGaussianController:
+    """A model-space controller as a GPS-state controller (zero gain on the entries it lacks)."""
+    missing = STATE_DIM - controller.gain.shape[-1]
+    pad = [(0, 0)] * (controller.gain.ndim - 1) + [(0, missing)]
+    return controller._replace(gain=np.pad(np.asarray(controller.gain), pad))
 
 
 class TrainState(NamedTuple):
@@ -222,11 +257,11 @@ def init_state(config: TrainConfig, task) -> TrainState:
         variance=config.exploration_variance, num_groups=num_groups)
     theta = init_policy(jax.random.key(config.seed + 2), hidden_size=config.hidden_size,
                         init_step_size=config.init_step_size)
-    shape = (num_groups, config.horizon)
+    shape, dim = (num_groups, config.horizon), model_state_dim(config)
     zeros_dynamics = LinearGaussianDynamics(
-        np.zeros(shape + (STATE_DIM, STATE_DIM)), np.zeros(shape + (STATE_DIM, 1)),
-        np.zeros(shape + (STATE_DIM,)), np.zeros(shape + (STATE_DIM, STATE_DIM)),
-        np.zeros((num_groups, STATE_DIM)), np.zeros((num_groups, STATE_DIM, STATE_DIM)))
+        np.zeros(shape + (dim, dim)), np.zeros(shape + (dim, 1)),
+        np.zeros(shape + (dim,)), np.zeros(shape + (dim, dim)),
+        np.zeros((num_groups, dim)), np.zeros((num_groups, dim, dim)))
     return to_host32(TrainState(
         iteration=np.int32(0),
         controller=controller,
@@ -235,17 +270,61 @@ def init_state(config: TrainConfig, task) -> TrainState:
         duals=BadmmDuals(np.zeros(shape + (1,)), np.full(shape, config.initial_penalty)),
         theta=theta,
         opt_state=s_step_optimizer(config).init(theta),
-        previous=PreviousModel(controller, zeros_dynamics, np.zeros(shape), controller),
+        previous=PreviousModel(controller, zeros_dynamics, np.zeros(shape),
+                               to_model(controller, dim), np.zeros(shape + (1, dim)),
+                               np.zeros(shape + (1,))),
         has_previous=np.bool_(False),
     ))
 
 
+# Two jits, not one: on jaxlib 0.10.2 CPU a single program holding both Cholesky chains (dynamics
+# and E[g* | s]) deadlocked in execution (0 % CPU, never returned); separately they take < 1 s.
+@partial(jax.jit, static_argnames=("prior_strength", "ridge", "privileged_gradient"))
+def _fit_dynamics(moments, *, prior_strength, ridge, privileged_gradient):
+    if privileged_gradient:
+        return fit_dynamics(moments, STATE_DIM, prior_strength=prior_strength, ridge=ridge)
+    observable = list(range(STATE_DIM - 1))
+    # y = [s_t (79); a_t; s_{t+1} (79)]: keep [s_t without g*; a_t; s_{t+1} without g*].
+    kept = observable + [STATE_DIM] + [STATE_DIM + 1 + i for i in observable]
+    return fit_dynamics(select_moments(moments, kept), STATE_DIM - 1,
+                        prior_strength=prior_strength, ridge=ridge)
+
+
 @partial(jax.jit, static_argnames=("prior_strength", "ridge"))
-def fit_model(data: RolloutData, *, prior_strength: float, ridge: float):
-    """Dynamics ``(G, T, ...)`` and the tied cost from a rollout (call inside ``float64()``)."""
-    dynamics = fit_dynamics(data.moments, STATE_DIM, prior_strength=prior_strength, ridge=ridge)
-    cost = tied_coordinate_cost(data.curvature.astype(dynamics.offset.dtype), STATE_DIM)
-    return dynamics, cost
+def _fit_gradient_model(moments, *, prior_strength, ridge):
+    return fit_conditional_mean(moments, range(STATE_DIM - 1), [STATE_DIM - 1],
+                                prior_strength=prior_strength, ridge=ridge)
+
+
+@partial(jax.jit, static_argnames=("state_dim",))
+def _tied_cost(curvature, gradient_model, *, state_dim):
+    return tied_coordinate_cost(curvature, state_dim, gradient_model=gradient_model)
+
+
+def fit_model(data: RolloutData, *, prior_strength: float, ridge: float,
+              privileged_gradient: bool = False):
+    """Dynamics, tied cost and gradient model ``(G, T, ...)`` of a rollout (inside ``float64()``).
+
+    ``privileged_gradient=False``: the model's state drops g* (the last GPS-state entry); the
+    dynamics are fit on the rest and the cost's g* is E[g* | s] regressed per (g, t) with the same
+    prior. True: the full GPS state, g* itself in the cost (gradient model M = e_g*, m = 0).
+
+    Returns:
+      ``(dynamics, cost, (M (G, T, 1, dM), m (G, T, 1)))``, on the device.
+    """
+    dynamics = _fit_dynamics(data.moments, prior_strength=prior_strength, ridge=ridge,
+                             privileged_gradient=privileged_gradient)
+    dtype = dynamics.offset.dtype
+    shape = dynamics.offset.shape[:-1]
+    if privileged_gradient:
+        gradient_model = (jnp.zeros(shape + (1, STATE_DIM), dtype).at[..., -1].set(1.0),
+                          jnp.zeros(shape + (1,), dtype))
+    else:
+        gradient_model = _fit_gradient_model(data.moments, prior_strength=prior_strength,
+                                             ridge=ridge)
+    cost = _tied_cost(jnp.asarray(data.curvature, dtype), gradient_model,
+                      state_dim=dynamics.offset.shape[-1])
+    return dynamics, cost, gradient_model
 
 
 @jax.jit
@@ -261,13 +340,16 @@ _fit_linearization = jax.jit(policy_fit.fit_policy_linearization,
 def linearize_policy(config: TrainConfig, theta, data: RolloutData, mask, controller, penalty):
     """π's mean on the tracked sequences ``(N, G, K, T)``, Σ^π ``(G,)`` and π_lin (float64).
 
+    π_lin acts on the model's state (``model_state_dim``).
+
     Σ^π comes from ``controller``'s precision weighted by ``penalty`` (``policy_variance``).
     """
     means, variance = jax.device_get(
         _means_and_variance(theta, data.observations, controller, penalty))
+    states = data.states[..., :model_state_dim(config)]
     with float64():
         linearization = jax.device_get(_fit_linearization(
-            data.states, means, mask, variance, prior_strength=config.policy_prior_strength,
+            states, means, mask, variance, prior_strength=config.policy_prior_strength,
             ridge=config.policy_ridge))
     return means, variance, linearization
 
@@ -299,13 +381,17 @@ def run_c_step(config: TrainConfig, cost, dynamics, previous, step_multiplier, e
                linearization, duals):
     """``c_step`` in float64 on host inputs (cast once, so every call hits one compilation).
 
-    Returns the ``EtaSearchResult`` as NumPy (float64).
+    ``previous`` is a GPS-state controller; the search runs in the model's state space.
+
+    Returns the ``EtaSearchResult`` as NumPy (float64), its controller a GPS-state controller.
     """
     budget = np.asarray(step_multiplier, np.float64) * config.horizon * config.kl_step
+    previous = to_model(previous, model_state_dim(config))
     inputs = jax.tree.map(lambda a: np.asarray(a, np.float64),
                           (cost, dynamics, previous, budget, eta, linearization, duals))
     with float64():
-        return jax.device_get(c_step(*inputs, sequential=config.sequential_c_step))
+        result = jax.device_get(c_step(*inputs, sequential=config.sequential_c_step))
+    return result._replace(controller=from_model(result.controller))
 
 
 def dual_step(duals: BadmmDuals, policy_mean, controller_mean, mask, rate: float) -> jax.Array:
@@ -346,11 +432,15 @@ def step_multiplier_update(state: TrainState, dynamics, cost, linearization,
     """New step multipliers from predicted vs actual improvement (inside ``float64()``)."""
     prev = state.previous
     penalty = state.duals.penalty
-    prev_cost = tied_coordinate_cost(jnp.asarray(prev.curvature, jnp.float64), STATE_DIM)
-    before = estimated_cost(prev_cost, prev.controller, prev.dynamics, prev.linearization, penalty)
-    predicted = estimated_cost(prev_cost, state.controller, prev.dynamics, prev.linearization,
-                               penalty)
-    actual = estimated_cost(cost, state.controller, dynamics, linearization, penalty)
+    dim = prev.linearization.gain.shape[-1]
+    prev_cost = tied_coordinate_cost(
+        jnp.asarray(prev.curvature, jnp.float64), dim,
+        gradient_model=(prev.gradient_coefficients, prev.gradient_offset))
+    previous_controller, controller = to_model(prev.controller, dim), to_model(state.controller, dim)
+    before = estimated_cost(prev_cost, previous_controller, prev.dynamics, prev.linearization,
+                            penalty)
+    predicted = estimated_cost(prev_cost, controller, prev.dynamics, prev.linearization, penalty)
+    actual = estimated_cost(cost, controller, dynamics, linearization, penalty)
     return update_step_multiplier(state.step_multiplier, before - predicted, before - actual,
                                   max_step_multiplier=max_step_multiplier)
 
@@ -370,8 +460,9 @@ def gps_iteration(config: TrainConfig, task, tracked: TrackedCoordinates,
                    num_samples=config.num_samples)
     mask = jnp.asarray(tracked.mask)
     with float64():
-        dynamics, cost = jax.device_get(fit_model(
-            data, prior_strength=config.dynamics_prior_strength, ridge=config.dynamics_ridge))
+        dynamics, cost, gradient_model = jax.device_get(fit_model(
+            data, prior_strength=config.dynamics_prior_strength, ridge=config.dynamics_ridge,
+            privileged_gradient=config.privileged_gradient))
     theta, opt_state, duals = state.theta, state.opt_state, state.duals
     means, variance, linearization = linearize_policy(config, theta, data, mask,
                                                       state.controller, duals.penalty)
@@ -431,7 +522,8 @@ def gps_iteration(config: TrainConfig, task, tracked: TrackedCoordinates,
     new_state = to_host32(TrainState(
         iteration=np.int32(iteration + 1), controller=controller, eta=eta,
         step_multiplier=step_multiplier, duals=duals, theta=theta, opt_state=opt_state,
-        previous=PreviousModel(state.controller, dynamics, data.curvature, linearization),
+        previous=PreviousModel(state.controller, dynamics, data.curvature, linearization,
+                               *gradient_model),
         has_previous=np.bool_(True)))
     return new_state, log
 

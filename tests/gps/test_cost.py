@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from metaopt.gps import (
     BadmmDuals,
@@ -35,6 +36,28 @@ def test_tied_cost_is_weighted_gradient_step_plus_curvature():
             want = weights[t] * (s[-1] * a + 0.5 * curvature[g, t] * a * a)
             got = evaluate(jax.tree.map(lambda x, g=g: x[g], cost), np.append(s, a), t)
             np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_tied_cost_with_gradient_model_uses_the_estimate():
+    """With g* ≈ M s + m the cost is w_t·((M s + m)·a + ½ h a²) and still has no constant."""
+    rng = np.random.default_rng(3)
+    horizon, state_dim = 5, 4
+    curvature = rng.uniform(0, 2, size=(2, horizon))
+    coefficients = rng.normal(size=(2, horizon, 1, state_dim))
+    offset = rng.normal(size=(2, horizon, 1))
+    with float64():
+        cost = jax.device_get(tied_coordinate_cost(curvature, state_dim,
+                                                   gradient_model=(coefficients, offset)))
+    weights = np.asarray(horizon_weights(horizon))
+    for g in range(2):
+        for t in range(horizon):
+            s, a = rng.normal(size=state_dim), rng.normal()
+            estimate = coefficients[g, t, 0] @ s + offset[g, t, 0]
+            want = weights[t] * (estimate * a + 0.5 * curvature[g, t] * a * a)
+            got = evaluate(jax.tree.map(lambda x, g=g: x[g], cost), np.append(s, a), t)
+            np.testing.assert_allclose(got, want, rtol=1e-10)
+    with pytest.raises(ValueError, match="gradient_model"):
+        tied_coordinate_cost(curvature, state_dim + 1, gradient_model=(coefficients, offset))
 
 
 def test_negative_log_likelihood_cost_matches_density():

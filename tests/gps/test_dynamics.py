@@ -9,11 +9,13 @@ from metaopt.gps import (
     NormalInverseWishartPrior,
     accumulate,
     add_moments,
+    fit_conditional_mean,
     fit_dynamics,
     float64,
     moments_from_points,
     pooled_time_prior,
     posterior_mean_covariance,
+    select_moments,
     sum_moments,
     transition_moments,
     transition_points,
@@ -125,6 +127,30 @@ def test_fit_without_prior_equals_least_squares_regression():
     np.testing.assert_allclose(
         dynamics.initial_covariance,
         np.cov(points[:, 0, :state_dim].T, bias=True) + 1e-6 * np.eye(state_dim), rtol=1e-10)
+
+
+def test_conditional_mean_and_sub_moments_equal_least_squares_on_selected_entries():
+    """E[y[out] | y[in]] from (sub-)moments = NumPy least squares on those columns; the dynamics
+    fit on select_moments equals the fit on points that never had the dropped entries."""
+    rng = np.random.default_rng(7)
+    horizon, count = 3, 400
+    points = rng.normal(size=(count, horizon, 6)) @ rng.normal(size=(6, 6)) + rng.normal(size=6)
+    inputs, outputs = [0, 2, 3, 5], [4]
+    with float64():
+        moments = moments_from_points(jnp.swapaxes(points, 0, 1))
+        gain, offset = jax.device_get(jax.jit(lambda m: fit_conditional_mean(
+            m, inputs, outputs, prior_strength=0.0, ridge=0.0))(moments))
+        kept = [0, 1, 2, 3, 5]          # [s (2); a (1); s' (2)] without entry 4 ... as a layout
+        sub = jax.device_get(select_moments(moments, kept))
+        direct = jax.device_get(moments_from_points(jnp.swapaxes(points[..., kept], 0, 1)))
+    assert gain.shape == (horizon, 1, 4) and offset.shape == (horizon, 1)
+    for t in range(horizon):
+        z = np.concatenate([points[:, t, inputs], np.ones((count, 1))], 1)
+        coef, *_ = np.linalg.lstsq(z, points[:, t, outputs], rcond=None)
+        np.testing.assert_allclose(gain[t], coef[:-1].T, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(offset[t], coef[-1], rtol=1e-8, atol=1e-10)
+    for got, want in zip(sub, direct, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
 @pytest.mark.parametrize("time_varying,prior_strength", [(True, 1.0), (False, None)])
