@@ -4,9 +4,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from metaopt import features
+from metaopt.features import OBS_DIM
 from metaopt.policy import Theta, apply_policy, init_carry, policy_hidden_size
 
 __all__ = ["LearnedOptState", "learned_opt"]
@@ -46,6 +48,44 @@ def _chunk_on_cpu(leaf) -> bool:
     )
 
 
+_F32_MAX = float(jnp.finfo(jnp.float32).max)
+# Cap on the stored |x(t) − x(t−1)|: then ψ3 = |x(t) − x(t−1)| / (|x(t+1) − x(t)| + 0.1) < max.
+_DELTA_LIMIT = _F32_MAX / 16
+
+
+def _check_finite_theta(theta: Theta) -> None:
+    """Refuses policy weights with NaN/inf (they would put NaN into every step).
+
+    Looks at concrete weights on the host (NumPy), so it also works when ``learned_opt`` is built
+    inside a jitted function; traced or not fully addressable weights are not inspected.
+    """
+    bad = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(theta):
+        if isinstance(leaf, jax.core.Tracer) or not getattr(leaf, "is_fully_addressable", True):
+            return
+        if not np.all(np.isfinite(np.asarray(leaf))):
+            bad.append(jax.tree_util.keystr(path))
+    if bad:
+        raise ValueError(
+            f"theta has NaN or inf weights in {', '.join(bad)}; a policy like this would put NaN into "
+            "every step. Load an intact policy (metaopt.load) or the one shipped (metaopt.pretrained())."
+        )
+
+
+def _observation_limit(theta: Theta) -> jax.Array:
+    """Largest |Ψ_k| fed to the policy, so that no gate pre-activation can overflow (ours).
+
+    Ψ is finite but may reach float32's maximum (e.g. ψ1 when f̂ jumps from ~0 to 1e30). With
+    weights above 1 two such products could overflow to +inf and −inf and give a NaN gate. Capping
+    each |Ψ_k| at ``max / (4 · max(Σ_k max_j |W_kj|, 1))`` keeps Σ_k Ψ_k W_kj within a quarter of
+    float32's range; it changes Ψ only where |Ψ_k W_kj| would exceed ~1e37, where the gates are
+    saturated anyway.
+    """
+    rows = jnp.abs(jnp.asarray(theta["gates"]["kernel"][:OBS_DIM], jnp.float32))
+    weight = jnp.sum(jnp.max(rows, axis=-1)) if rows.size else jnp.zeros((), jnp.float32)
+    return _F32_MAX / (4.0 * jnp.maximum(weight, 1.0))
+
+
 def _check_float_leaves(tree, what: str) -> None:
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         dtype = jnp.result_type(leaf)
@@ -76,18 +116,23 @@ def learned_opt(theta: Theta) -> optax.GradientTransformationExtraArgs:
       float32, bfloat16 or float64: features and the policy run in float32 and the updates
       come back in each gradient leaf's dtype.
 
-    Non-finite inputs: a leaf whose gradient or parameters contain NaN/inf (or whose features
-    overflow), or every leaf when ``value`` is NaN/inf, takes a zero step and keeps its history
-    and LSTM memory untouched (a non-finite ``value`` also leaves ``count``/``prev_value``
-    untouched); ``state.nonfinite_count`` counts the updates in which this happened.
+    Non-finite inputs: a leaf whose gradient or parameters contain NaN/inf (or whose float32
+    features overflow), or every leaf when ``value`` is NaN/inf, takes a zero step and keeps its
+    history and LSTM memory untouched (a non-finite ``value`` also leaves ``count``/``prev_value``
+    untouched); ``state.nonfinite_count`` counts the updates in which this happened. Otherwise
+    the step is finite whatever the magnitudes (huge, denormal): features are capped before the
+    policy (see ``_observation_limit``) and a change of x that overflows float32 is stored
+    capped at float32 max / 16, so the state never holds NaN/inf and finite parameters stay
+    finite after ``optax.apply_updates``. Zero-size and scalar leaves are fine.
 
     State memory: per parameter, the LSTM carry (2·H float32 = 1024 bytes for H = 128) plus
     x(t−1) in the leaf dtype and two float32 (12 bytes for float32 leaves).
 
     Raises:
-      ValueError: ``theta`` does not have the policy's structure; ``value`` or ``params``
-        missing; ``value`` not a scalar.
-      TypeError: a leaf is not floating point.
+      ValueError: ``theta`` does not have the policy's structure or holds NaN/inf weights;
+        ``value`` or ``params`` missing; ``value`` not a scalar; a gradient leaf shaped unlike
+        its parameter leaf, or the state made for other parameters.
+      TypeError: a leaf is not floating point; ``value`` is not a real number.
 
     Example::
 
@@ -98,6 +143,7 @@ def learned_opt(theta: Theta) -> optax.GradientTransformationExtraArgs:
       params = optax.apply_updates(params, updates)
     """
     hidden_size = policy_hidden_size(theta)
+    _check_finite_theta(theta)
 
     def init_fn(params):
         _check_float_leaves(params, "params")
@@ -124,6 +170,10 @@ def learned_opt(theta: Theta) -> optax.GradientTransformationExtraArgs:
         _check_float_leaves(updates, "updates")
         _check_float_leaves(params, "params")
         value = jnp.asarray(value)
+        if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
+            raise TypeError(
+                f"learned_opt: value must be the real scalar minibatch objective, got dtype {value.dtype}."
+            )
         if value.shape != ():
             raise ValueError(
                 f"learned_opt: value must be the scalar minibatch objective, got shape "
@@ -131,7 +181,8 @@ def learned_opt(theta: Theta) -> optax.GradientTransformationExtraArgs:
             )
         value = value.astype(jnp.float32)
 
-        grad_leaves, treedef = jax.tree.flatten(updates)
+        paths_and_grads, treedef = jax.tree_util.tree_flatten_with_path(updates)
+        grad_leaves = [grad for _, grad in paths_and_grads]
         try:
             param_leaves = treedef.flatten_up_to(params)
             histories = treedef.flatten_up_to(state.history)
@@ -142,16 +193,33 @@ def learned_opt(theta: Theta) -> optax.GradientTransformationExtraArgs:
                 f"tree structure (was the state made by init(params) for these params?): {err}"
             ) from err
 
+        for (path, grad), x, history in zip(paths_and_grads, param_leaves, histories, strict=True):
+            shapes = {jnp.shape(grad), jnp.shape(x), jnp.shape(history.prev_iterate)}
+            if len(shapes) != 1:
+                raise ValueError(
+                    f"learned_opt: leaf {jax.tree_util.keystr(path) or '<root>'} has gradient shape "
+                    f"{jnp.shape(grad)}, parameter shape {jnp.shape(x)} and state shape "
+                    f"{jnp.shape(history.prev_iterate)}; they must be equal (was the state made by "
+                    "init(params) for these params?)."
+                )
+
         value_ok = jnp.isfinite(value)
         objective_change = features.relative_objective_change(state.count, value, state.prev_value)
+        obs_limit = _observation_limit(theta)
         new_updates, new_histories, new_carries, skipped = [], [], [], []
         for grad, x, history, carry in zip(
             grad_leaves, param_leaves, histories, carries, strict=True
         ):
             obs, new_history = features.observation_features(history, x, grad, objective_change)
             ok = value_ok & jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(obs))  # covers grad
+            # x(t) − x(t−1) may overflow float32 while Ψ stays finite (ψ3 → 0). Stored as inf, it
+            # would make every later ψ3 inf and freeze the leaf: store it capped instead.
+            new_history = new_history._replace(
+                prev_delta=jnp.clip(new_history.prev_delta, -_DELTA_LIMIT, _DELTA_LIMIT)
+            )
             chunk_size = _CPU_CHUNK_SIZE if _chunk_on_cpu(grad) else None
-            new_carry, step = apply_policy(theta, carry, obs, active=ok, chunk_size=chunk_size)
+            capped = jnp.clip(obs, -obs_limit, obs_limit)
+            new_carry, step = apply_policy(theta, carry, capped, active=ok, chunk_size=chunk_size)
             keep = lambda new, old, ok=ok: jnp.where(ok, new, old).astype(old.dtype)
             new_updates.append(step.astype(grad.dtype))
             new_histories.append(jax.tree.map(keep, new_history, history))

@@ -102,28 +102,43 @@ def save(path: str | os.PathLike, theta: Theta, *, metadata: dict[str, Any] | No
 
 def _read(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise PolicyFileError(
+            f"{path} is a directory, not a metaopt policy file (policy files are single files "
+            "written by metaopt.save; a training run's Orbax checkpoints are not policy files)"
+        )
     with open(path, "rb") as f:
-        data = f.read()
-    if not data.startswith(MAGIC):
-        raise PolicyFileError(f"{path} is not a metaopt policy file (bad magic bytes)")
-    offset = len(MAGIC)
-    if len(data) < offset + 8:
-        raise PolicyFileError(f"{path} is truncated (no header length)")
-    (header_len,) = struct.unpack_from("<Q", data, offset)
-    offset += 8
-    if header_len > _MAX_HEADER_BYTES or len(data) < offset + header_len:
-        raise PolicyFileError(f"{path} is truncated or corrupt (header of {header_len} bytes)")
+        # Piece by piece, so that a large file that is not a policy is never read whole.
+        magic = f.read(len(MAGIC))
+        if magic != MAGIC:
+            what = "an empty file" if not magic else "bad magic bytes"
+            raise PolicyFileError(f"{path} is not a metaopt policy file ({what})")
+        length = f.read(8)
+        if len(length) < 8:
+            raise PolicyFileError(f"{path} is truncated (no header length)")
+        (header_len,) = struct.unpack("<Q", length)
+        if header_len > _MAX_HEADER_BYTES:
+            raise PolicyFileError(f"{path} is corrupt (header of {header_len} bytes)")
+        header_bytes = f.read(header_len)
+        if len(header_bytes) < header_len:
+            raise PolicyFileError(f"{path} is truncated or corrupt (header of {header_len} bytes)")
+        payload = f.read()
     try:
-        header = json.loads(data[offset : offset + header_len].decode("utf-8"))
-        version = header["format_version"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        header = json.loads(header_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise PolicyFileError(f"{path} has a corrupt header: {err}") from err
+    if not isinstance(header, dict) or "format_version" not in header:
+        raise PolicyFileError(f"{path} has a corrupt header: not a JSON object with a format_version")
+    version = header["format_version"]
     if version != FORMAT_VERSION:
         raise PolicyFileError(
-            f"{path} has policy format version {version}; this metaopt reads version "
+            f"{path} has policy format version {version!r}; this metaopt reads version "
             f"{FORMAT_VERSION} only. Load it with the metaopt release that wrote it and re-save."
         )
-    return header, data[offset + header_len :]
+    for key in ("architecture", "features"):
+        if not isinstance(header.get(key), dict):
+            raise PolicyFileError(f"{path} has a corrupt header: {key!r} is missing or not an object")
+    return header, payload
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
@@ -135,9 +150,10 @@ def load(path: str | os.PathLike) -> Theta:
     """Reads policy weights written by :func:`save`; returns ``theta`` (float32 jax arrays).
 
     Raises:
-      PolicyFileError: not a policy file, another format version, truncated or corrupt, or
-        weights that do not match the header's architecture.
-      FileNotFoundError: no such file.
+      PolicyFileError: not a policy file (including an empty file or a directory), another
+        format version, truncated or corrupt, or weights that do not match the header's
+        architecture. The message names the file.
+      FileNotFoundError: no such file (the message names it).
     """
     header, payload = _read(path)
     path = os.fspath(path)
@@ -148,11 +164,11 @@ def load(path: str | os.PathLike) -> Theta:
             f"{path} is truncated or corrupt: weights are {len(payload)} bytes, header says "
             f"{header.get('payload_bytes')} (or the checksum differs)"
         )
-    architecture = header.get("architecture", {})
-    if architecture.get("name") != ARCHITECTURE_NAME or header.get("features") != FEATURE_SET:
+    architecture = header["architecture"]
+    if architecture.get("name") != ARCHITECTURE_NAME or header["features"] != FEATURE_SET:
         raise PolicyFileError(
             f"{path} holds architecture {architecture.get('name')!r} with feature set "
-            f"{header.get('features', {}).get('name')!r}; this metaopt runs "
+            f"{header['features'].get('name')!r}; this metaopt runs "
             f"{ARCHITECTURE_NAME!r} with {FEATURE_SET['name']!r}"
         )
     try:

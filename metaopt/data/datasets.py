@@ -125,6 +125,18 @@ _OFFLINE_LOADERS: dict[str, Callable[[str | os.PathLike | None], Dataset]] = {
 }
 
 
+def _load_offline(key: str, cache_dir) -> Dataset:
+    try:
+        return _OFFLINE_LOADERS[key](cache_dir)
+    except OSError as err:  # e.g. a read-only or full cache directory
+        root = sources.cache_root(cache_dir)
+        raise DatasetUnavailableError(
+            f"{key}: reading or writing its files failed: {err}\n"
+            f"Fix: metaopt caches data in {root}; make it writable (and check free space), or "
+            f"set ${sources.CACHE_ENV_VAR} (or pass cache_dir=) to a writable directory."
+        ) from err
+
+
 # --- TFDS ---------------------------------------------------------------------------------------
 
 
@@ -235,8 +247,10 @@ def load_dataset(
       data_dir: TFDS data directory; default `$TFDS_DATA_DIR` or `~/tensorflow_datasets`.
 
     Raises:
+      TypeError: `name` is not a string.
       ValueError: unknown name or a source the dataset does not have.
-      DatasetUnavailableError: no source worked; the message lists what was tried and the fix.
+      DatasetUnavailableError: no source worked, the data cache is not writable, or the source
+        files have the wrong shapes; the message lists what was tried and the fix.
       ChecksumError: a fetched or cached file does not match its pinned sha256 (never parsed).
 
     Example::
@@ -244,6 +258,11 @@ def load_dataset(
         ds = load_dataset("fashion_mnist", source="debian")
         ds.x_train.shape, ds.num_classes          # ((60000, 784), 10)
     """
+    if not isinstance(name, str):
+        raise TypeError(
+            f"load_dataset needs a dataset name (a string), got {name!r}; known datasets: "
+            f"{', '.join(_known_names())}"
+        )
     key = name.strip().lower().replace("-", "_")
     if key == "tfd":
         raise DatasetUnavailableError(TFD_UNAVAILABLE)
@@ -262,7 +281,7 @@ def load_dataset(
     if kind == "tfds":
         return _load_tfds(key, spec, data_dir, download=True)
     if kind != "auto":
-        return _OFFLINE_LOADERS[key](cache_dir)
+        return _load_offline(key, cache_dir)
 
     tried = []
     if spec.tfds_name:
@@ -278,7 +297,7 @@ def load_dataset(
             )
     if spec.offline:
         try:
-            return _OFFLINE_LOADERS[key](cache_dir)
+            return _load_offline(key, cache_dir)
         except DatasetUnavailableError as err:
             tried.append(str(err))
     raise DatasetUnavailableError(

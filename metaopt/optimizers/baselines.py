@@ -4,6 +4,11 @@ Every baseline is an optax ``GradientTransformationExtraArgs`` built from numeri
 that may be traced arrays, so a whole grid of them can be run at once under ``jax.vmap``. All of them
 accept the same keyword extras (``value``, ``grad``, ``value_fn``); the line-search methods use them.
 
+``make_baseline`` wraps each in :func:`metaopt.optimizers.guards.skip_nonfinite` unless told not to:
+a step whose gradients, ``value``, updates or resulting parameters hold NaN/inf is skipped (zero
+update, state kept) instead of written into the parameters. The spec factories (used for tuning)
+are the plain optax transformations, with optax's semantics: NaN in, NaN out.
+
 Example::
 
   tx = make_baseline("momentum", learning_rate=0.1, momentum=0.9)
@@ -19,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import optax
 
+from metaopt.optimizers import guards
 from metaopt.optimizers.conjugate_gradient import conjugate_gradient
 
 
@@ -97,8 +103,23 @@ BASELINES: dict[str, BaselineSpec] = {
 }
 
 
-def make_baseline(name: str, **hyperparams) -> optax.GradientTransformationExtraArgs:
-    """Builds baseline ``name`` with the given hyperparameters (floats or traced arrays)."""
+def make_baseline(
+    name: str, *, skip_nonfinite: bool = True, **hyperparams
+) -> optax.GradientTransformationExtraArgs:
+    """Builds baseline ``name`` with the given hyperparameters (floats or traced arrays).
+
+    Args:
+      name: a key of :data:`BASELINES`.
+      skip_nonfinite: wrap it in :func:`metaopt.optimizers.guards.skip_nonfinite` (default), so
+        that a step with NaN/inf gradients, ``value``, updates or resulting parameters is skipped
+        (zero update; ``state.total_notfinite`` counts them). ``False``: the plain optax
+        transformation (NaN gradients give NaN parameters).
+      **hyperparams: exactly the names of ``BASELINES[name].grid``.
+
+    Raises:
+      ValueError: unknown baseline.
+      TypeError: missing or unknown hyperparameters.
+    """
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; choose one of {sorted(BASELINES)}.")
     spec = BASELINES[name]
@@ -109,4 +130,5 @@ def make_baseline(name: str, **hyperparams) -> optax.GradientTransformationExtra
             f"baseline {name!r} takes hyperparameters {sorted(spec.grid)}; "
             f"missing {sorted(missing)}, unknown {sorted(unknown)}."
         )
-    return optax.with_extra_args_support(spec.factory(**hyperparams))
+    tx = optax.with_extra_args_support(spec.factory(**hyperparams))
+    return guards.skip_nonfinite(tx) if skip_nonfinite else tx

@@ -1,0 +1,97 @@
+"""``skip_nonfinite``: an optax wrapper that skips a step instead of writing NaN/inf into parameters.
+
+optax's own ``optax.apply_if_finite`` looks only at the incoming gradients and, after
+``max_consecutive_errors`` bad steps in a row, gives up and applies them. The wrapper here never
+gives up, and it also catches what finite gradients can turn into inside the wrapped optimizer
+(e.g. L-BFGS curvature pairs or a line search overflowing float32) or in the parameters. Its state
+is optax's ``ApplyIfFiniteState``, with the same meaning.
+
+Example::
+
+  tx = skip_nonfinite(optax.adam(1e-3))      # make_baseline(...) does this by default
+  updates, state = tx.update(grads, state, params, value=loss)
+  params = optax.apply_updates(params, updates)   # unchanged if grads/loss had NaN
+  state.total_notfinite                          # how many steps were skipped
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = ["skip_nonfinite"]
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.ones((), bool)
+
+
+def _select(pred, on_true, on_false):
+    """``on_true`` if ``pred`` else ``on_false``, typed like ``on_true``.
+
+    ``lax.cond`` keeps the exact types (weak types included); it needs both sides typed alike,
+    which an optimizer whose state changes dtype on its first update (e.g. optax's momentum trace
+    of a bfloat16 leaf, promoted by a traced float32 momentum) does not give: then each leaf is
+    selected with ``jnp.where``, the kept value cast to the new dtype.
+    """
+    if jax.tree.map(jax.typeof, on_true) == jax.tree.map(jax.typeof, on_false):
+        return jax.lax.cond(pred, lambda: on_true, lambda: on_false)
+    return jax.tree.map(
+        lambda new, old: jnp.where(pred, new, jnp.asarray(old, jnp.result_type(new))),
+        on_true, on_false,
+    )
+
+
+def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """Wraps ``inner`` so that a step that would not be finite is skipped as a whole.
+
+    A step is skipped (zero updates returned, ``inner``'s state kept as it was) when any of these
+    holds NaN or ±inf: the incoming updates (gradients); the keyword ``value`` (the objective,
+    when passed); the updates ``inner`` returns; or, when ``params`` is passed, the parameters
+    ``optax.apply_updates(params, updates)`` would produce (this also catches float16/bfloat16
+    parameters overflowing). Whole steps, not single leaves, are skipped because the baselines
+    couple leaves (global norms, line searches). When nothing is skipped the updates and state
+    are exactly ``inner``'s.
+
+    Args:
+      inner: any optax transformation (extra keyword arguments are passed through).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose state is ``optax.ApplyIfFiniteState``:
+      ``notfinite_count`` (skipped steps in a row), ``last_finite`` (whether the last step was
+      applied), ``total_notfinite`` (skipped steps in all) and ``inner_state``.
+    """
+    inner = optax.with_extra_args_support(inner)
+
+    def init_fn(params):
+        return optax.ApplyIfFiniteState(
+            notfinite_count=jnp.zeros([], jnp.int32),
+            last_finite=jnp.array(True, jnp.bool_),
+            total_notfinite=jnp.zeros([], jnp.int32),
+            inner_state=inner.init(params),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        ok = _all_finite(updates)
+        value = extra_args.get("value")
+        if value is not None:
+            ok = ok & _all_finite(value)
+        new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra_args)
+        ok = ok & _all_finite(new_updates)
+        if params is not None:
+            ok = ok & _all_finite(optax.apply_updates(params, new_updates))
+        new_updates, new_inner = _select(
+            ok, (new_updates, new_inner), (optax.tree.zeros_like(new_updates), state.inner_state)
+        )
+        return new_updates, optax.ApplyIfFiniteState(
+            notfinite_count=jnp.where(ok, 0, optax.safe_increment(state.notfinite_count)),
+            last_finite=ok,
+            total_notfinite=jnp.where(
+                ok, state.total_notfinite, optax.safe_increment(state.total_notfinite)
+            ),
+            inner_state=new_inner,
+        )
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
