@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train train-quick test test-slow experiments bench lint clean
+.PHONY: install train train-tpu train-quick test test-slow experiments bench lint clean
 
 install: $(STAMP)
 
@@ -20,6 +20,14 @@ $(STAMP): pyproject.toml
 train: install
 	test -f results/baselines/results.json || $(PY) -m metaopt.cli baselines --config paper --out results/baselines
 	$(PY) -m metaopt.cli train --config paper --out results/train $(RESUME)
+
+# The paper configuration over every visible accelerator (TPU chips or GPUs; every host's with
+# MESH_ARGS=--distributed on a pod / cluster): N = 10 x device count samples split over the devices,
+# S-step minibatch 64 x device count (metaopt.training.mesh). Install the accelerator's jaxlib first
+# (README, "Scaling out"). `make train-tpu RESUME=--resume` continues an interrupted run.
+train-tpu: install
+	test -f results/baselines/results.json || $(PY) -m metaopt.cli baselines --config paper --out results/baselines
+	$(PY) -m metaopt.cli train --config paper --mesh --out results/train-tpu $(RESUME) $(MESH_ARGS)
 
 train-quick: install
 	$(PY) -m metaopt.cli train --config quick --out results/train-quick $(RESUME)

@@ -2,6 +2,7 @@
 
   metaopt baselines --config paper --out results/baselines   # tune the hand-designed baselines
   metaopt train --config paper --out results/train [--resume]  # GPS meta-training + evaluation
+  metaopt train --config paper --mesh --out results/train-tpu  # the same over every device
 """
 
 from __future__ import annotations
@@ -24,10 +25,18 @@ def _baselines(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.mesh or args.distributed:
+        from metaopt.training.mesh import initialize_distributed
+
+        initialize_distributed(force=args.distributed)   # before any other JAX call
     from metaopt.evaluation.report import markdown_table
     from metaopt.training.job import run_train_job
 
-    out = run_train_job(args.config, args.out, resume=args.resume, iterations=args.iterations)
+    out = run_train_job(args.config, args.out, resume=args.resume, iterations=args.iterations,
+                        mesh=args.mesh or args.distributed,
+                        samples_per_device=args.samples_per_device)
+    if out["paths"] is None:    # not process 0: it writes and prints nothing
+        return 0
     print(markdown_table(out["paths"]["csv"]))
     verdict = out["verdict"]
     print(f"\nlearned policy final {verdict['learned_final_mean']:.4f} vs best tuned baseline "
@@ -54,6 +63,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="continue from the latest checkpoint under OUT/checkpoints")
     p.add_argument("--iterations", type=int, default=None,
                    help="GPS iterations (default: the config's); with --resume, stop there")
+    p.add_argument("--mesh", action="store_true",
+                   help="split samples and S-step minibatches over every visible device; N and "
+                        "the S-step minibatch grow with the device count")
+    p.add_argument("--samples-per-device", type=int, default=None,
+                   help="with --mesh: N = this × device count (default: the config's N)")
+    p.add_argument("--distributed", action="store_true",
+                   help="several hosts: jax.distributed.initialize() with cluster auto-detection "
+                        "(TPU pods, SLURM); implies --mesh. Automatic with --mesh when "
+                        "JAX_COORDINATOR_ADDRESS is set")
     p.set_defaults(run=_train)
     args = parser.parse_args(argv)
     from metaopt.data import ChecksumError, DatasetUnavailableError

@@ -4,10 +4,9 @@ One GPS iteration (``gps_iteration``), following the reference's ``Algorithm.ite
 
 1. ``rollout``: N samples from the current controllers ψ (the trust-region reference).
 2. Model: dynamics per (g, t) from the pooled moments (NIW prior pooled over time), the tied cost
-   w_t·(g*·a + ½ h_{g,t} a²) with the measured curvature, and π's linearisation. By default the
-   model's state is the *observable* GPS state (Φ, ĝ, a(t−1): what the policy can infer from its
-   own inputs) and g* enters the cost through its regression E[g* | s] (see ``TrainConfig.
-   privileged_gradient`` for why).
+   w_t·(g*·a + ½ h_{g,t} a²) with the measured curvature, and π's linearisation. With
+   ``TrainConfig.privileged_gradient=False`` the model's state is the *observable* GPS state
+   (Φ, ĝ, a(t−1)) and g* enters the cost through its regression E[g* | s].
 3. Step multiplier (from iteration 1): predicted vs actual improvement of the Laplace cost
    estimate (``metaopt.gps.update_step_multiplier``).
 4. ``inner_iterations`` times: [S-step (not at iteration 0, inner 0), π refit, dual step on λ
@@ -20,6 +19,7 @@ The state between iterations (``TrainState``) is float32 NumPy (the solves run i
 """
 
 import dataclasses
+import functools
 import time
 from functools import partial
 from typing import Any, NamedTuple
@@ -49,6 +49,8 @@ from metaopt.learned_optimizer import learned_opt
 from metaopt.policy import init_policy
 from metaopt.tasks.mlp import make_mlp_task, synthetic_classification
 from metaopt.training import checkpoint, policy_fit
+from metaopt.training import mesh as mesh_lib
+from metaopt.training.curvature import calibrate_to_realized_change
 from metaopt.training.rollout import RolloutData, TrackedCoordinates, rollout, select_tracked
 
 STATE_DIM = features.GPS_STATE_DIM
@@ -100,13 +102,25 @@ class TrainConfig:
     penalty_increase: float = 2.0
     penalty_decrease: float = 0.5
     sequential_c_step: bool = True      # lax.map over groups (CPU); False: vmap (accelerators)
-    # Whether the controllers may act on g* (SPEC §3's privileged state). Measured on the paper
-    # preset (results/train, iterations 1-7): with g* in the controllers' state the C-step moved
-    # the gain from ĝ (0.3 → 0.004) to g* (0 → −0.1) and dropped momentum, the policy (which
-    # never sees g*) could not follow, and iteration 2's controller with its g* gain zeroed was
-    # worse than the momentum it started from (final f 0.430 vs 0.420). Default False: the
-    # controllers see [Φ, ĝ, a(t−1)] and the cost uses E[g* | that state] (same expected cost).
-    privileged_gradient: bool = False
+    # Whether the controllers may act on g* (SPEC §3's privileged state, the default). Measured on
+    # the paper preset (results/train, results/ablation-observable, experiments/gps_model_checks):
+    # with g* the C-step moved the gain from ĝ (0.3 → 0.004) to g* (0 → −0.1) and dropped
+    # momentum, which the policy (it never sees g*) cannot follow; iteration 2's controller with
+    # its g* gain zeroed was worse than its start (final f 0.430 vs 0.420). False: the
+    # controllers see [Φ, ĝ, a(t−1)] and the cost uses E[g* | that state] (same expected cost for
+    # such controllers). It did not help: the controllers' samples went 0.561 → 0.568 → 0.587
+    # (mean_t f) where the default went 0.561 → 0.549 → 0.539; the default stays.
+    privileged_gradient: bool = True
+    # Scale the per-group curvature so the tied cost matches the samples' realised objective
+    # changes (``curvature.calibrate_to_realized_change``). Measured κ ≈ 1.57 at every t for
+    # momentum lr 0.15-0.6: uncalibrated, the cost overstated the decrease 1.1-2.9×. With the
+    # observable state it left the run unchanged (0.561 → 0.568 → 0.588), so it is off by default
+    # and the default reproduces the shipped policy.
+    calibrate_curvature: bool = False
+    # Re-attribute the collective gradient response to the action (``collective_response``).
+    collective_response: bool = False
+    # A rollout whose samples end above this multiple of f(x_0) (or hold NaN/inf) is rolled back.
+    divergence_ratio: float = 2.0
     dynamics_prior_strength: float = 1.0
     dynamics_ridge: float = 1e-3
     policy_prior_strength: float = 1.0
@@ -240,7 +254,10 @@ def to_host32(tree):
     return jax.tree.map(convert, jax.device_get(tree))
 
 
+@functools.lru_cache(maxsize=8)
 def s_step_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    # Cached: ``s_step`` takes the optimizer as a static jit argument, and two optax.adam(...)
+    # objects never compare equal, so a fresh one per call recompiled the S-step every time.
     return optax.adam(config.s_step_learning_rate)
 
 
@@ -445,24 +462,125 @@ def step_multiplier_update(state: TrainState, dynamics, cost, linearization,
                                   max_step_multiplier=max_step_multiplier)
 
 
+@jax.jit
+def calibrate_curvature(data: RolloutData) -> tuple[RolloutData, jax.Array]:
+    """``data`` with h_{g,t} scaled to the realised objective changes, and the scale κ ``(T,)``."""
+    gradient, action = STATE_DIM - 1, STATE_DIM      # g* in s_t, and a_t, in y = [s_t; a_t; s']
+    second = data.moments.second
+    curvature, kappa = calibrate_to_realized_change(
+        data.curvature, data.true_objective, second[..., gradient, action],
+        second[..., action, action])
+    return data._replace(curvature=curvature), kappa
+
+
+def collective_response(dynamics: LinearGaussianDynamics, curvature, controller,
+                        state_dim: int) -> LinearGaussianDynamics:
+    """Dynamics whose gradient rows respond to the action with the measured curvature (ours).
+
+    The pooled regression identifies B only from exploration noise, which is independent across
+    coordinates, so it sees the diagonal Hessian (measured B on g*: 0.002-0.015 against curvature
+    0.03-0.4 along the steps) and credits the collective descent (g* shrinks because every
+    coordinate steps along it) to A. Here the rows of ĝ(t+1), g*(t+1) and the newest 3-step
+    gradient average get B = r·h_{g,t} (r = 1, 1, 1/3), and A, c are corrected by −ΔB·K_t, −ΔB·k_t
+    with the sampling controller (K_t, k_t), so the mean prediction under that controller is
+    unchanged while another controller's steps move the gradient as the curvature says.
+
+    Args: dynamics ``(G, T, ...)`` (model state), curvature ``(G, T)``, controller on the model
+      state, state_dim dM.
+    """
+    rows = {features.GRADIENT_INDEX: 1.0, features.PHI_GRADIENT.start: 1.0 / 3.0}
+    if state_dim > features.TRUE_GRADIENT_INDEX:
+        rows[features.TRUE_GRADIENT_INDEX] = 1.0
+    state_matrix = np.array(dynamics.state_matrix)
+    action_matrix = np.array(dynamics.action_matrix)
+    offset = np.array(dynamics.offset)
+    gain = np.asarray(controller.gain, state_matrix.dtype)[..., 0, :]       # (G, T, dM)
+    bias = np.asarray(controller.bias, state_matrix.dtype)[..., 0]          # (G, T)
+    for row, weight in rows.items():
+        change = weight * np.asarray(curvature, state_matrix.dtype) - action_matrix[..., row, 0]
+        action_matrix[..., row, 0] += change
+        state_matrix[..., row, :] -= change[..., None] * gain
+        offset[..., row] -= change * bias
+    return dynamics._replace(state_matrix=state_matrix, action_matrix=action_matrix, offset=offset)
+
+
 _step_multiplier_update = jax.jit(step_multiplier_update, static_argnames=("max_step_multiplier",))
 _s_step_loss = jax.jit(policy_fit.s_step_loss)
 
 
+def rollout_fault(data: RolloutData, divergence_ratio: float) -> str | None:
+    """Why a rollout cannot be used for a GPS update (non-finite or diverged), or ``None``."""
+    objective = np.asarray(data.true_objective, np.float64)
+    if not np.all(np.isfinite(objective)):
+        return "the controllers' samples reached a non-finite true objective"
+    numbers = [data.curvature, *jax.tree.leaves(data.moments)]
+    if not all(np.all(np.isfinite(np.asarray(x))) for x in numbers):
+        return "non-finite regression moments or curvature (overflowing states)"
+    start, end = objective[:, 0].mean(), objective[:, -1].mean()
+    if end > divergence_ratio * start:
+        return f"the samples diverged: mean f(x_T) = {end:.4g} > {divergence_ratio} × f(x_0) = {start:.4g}"
+    return None
+
+
+def roll_back(config: TrainConfig, state: TrainState, reason: str) -> tuple[TrainState, dict]:
+    """Undo the last C-step: ψ ← the controller before it, step multiplier halved; π untouched.
+
+    Raises:
+      ValueError: the initial controller itself is at fault (there is nothing to roll back to).
+    """
+    if not bool(state.has_previous):
+        raise ValueError(f"GPS iteration 0: {reason}. The initial controller (momentum, "
+                         f"learning_rate={config.learning_rate}, momentum={config.momentum}) must "
+                         "not diverge on this task: lower TrainConfig.learning_rate.")
+    nan = float("nan")
+    groups = len(state.eta)
+    step_multiplier = np.maximum(0.5 * np.asarray(state.step_multiplier), 0.01)
+    log = {
+        "iteration": int(state.iteration), "controller_objective": nan,
+        "policy_objective_before": nan, "policy_objective": nan, "policy_final_objective": nan,
+        "kl": [nan] * groups, "kl_budget": [nan] * groups,
+        "eta": [float(e) for e in state.eta], "c_step_failed": [True] * groups,
+        "step_multiplier": [float(x) for x in step_multiplier],
+        "penalty": [float(p) for p in np.mean(state.duals.penalty, -1)],
+        "s_step_loss_before": nan, "s_step_loss_after": nan, "curvature_scale": nan,
+        "rolled_back": reason,
+    }
+    new_state = to_host32(state._replace(iteration=np.int32(int(state.iteration) + 1),
+                                         controller=state.previous.controller,
+                                         step_multiplier=step_multiplier))
+    return new_state, log
+
+
 def gps_iteration(config: TrainConfig, task, tracked: TrackedCoordinates,
-                  state: TrainState) -> tuple[TrainState, dict]:
-    """One BADMM GPS iteration (module docs). Returns the new state and a log entry."""
+                  state: TrainState, *, mesh=None) -> tuple[TrainState, dict]:
+    """One BADMM GPS iteration (module docs). Returns the new state and a log entry.
+
+    ``mesh``: a ``jax.sharding.Mesh`` with axis ``"samples"`` (``metaopt.training.mesh``) to split
+    the rollout's samples and the S-step's minibatches over its devices; ``None``: one device.
+    """
     iteration = int(state.iteration)
     key = jax.random.fold_in(jax.random.key(config.seed + 3), iteration)
     sample_key, s_step_key = jax.random.split(key)
     init_key = jax.random.split(condition_key(config))[0]
-    data = rollout(task, state.controller, init_key, sample_key, jnp.asarray(tracked.index),
-                   num_samples=config.num_samples)
+    sample = rollout if mesh is None else partial(mesh_lib.sharded_rollout, mesh)
+    data = sample(task, state.controller, init_key, sample_key, jnp.asarray(tracked.index),
+                  num_samples=config.num_samples)
+    s_step = policy_fit.s_step if mesh is None else partial(mesh_lib.sharded_s_step, mesh)
+    fault = rollout_fault(data, config.divergence_ratio)
+    if fault is not None:
+        return roll_back(config, state, fault)
     mask = jnp.asarray(tracked.mask)
+    kappa = np.ones(config.horizon, np.float32)
+    if config.calibrate_curvature:
+        data, kappa = calibrate_curvature(data)
     with float64():
         dynamics, cost, gradient_model = jax.device_get(fit_model(
             data, prior_strength=config.dynamics_prior_strength, ridge=config.dynamics_ridge,
             privileged_gradient=config.privileged_gradient))
+    if config.collective_response:
+        dim = model_state_dim(config)
+        dynamics = collective_response(dynamics, data.curvature, to_model(state.controller, dim),
+                                       dim)
     theta, opt_state, duals = state.theta, state.opt_state, state.duals
     means, variance, linearization = linearize_policy(config, theta, data, mask,
                                                       state.controller, duals.penalty)
@@ -482,7 +600,7 @@ def gps_iteration(config: TrainConfig, task, tracked: TrackedCoordinates,
             s_data = policy_fit.s_step_data(data.observations, data.states, mask,
                                             target, duals)
             before = float(_s_step_loss(theta, s_data))
-            theta, opt_state, _ = policy_fit.s_step(
+            theta, opt_state, _ = s_step(
                 theta, opt_state, s_data, jax.random.fold_in(s_step_key, inner),
                 optimizer=s_step_optimizer(config), num_steps=config.s_step_iterations,
                 batch_size=config.s_step_batch_size)
@@ -515,6 +633,8 @@ def gps_iteration(config: TrainConfig, task, tracked: TrackedCoordinates,
         "eta": [float(e) for e in result.eta],
         "c_step_failed": [bool(f) for f in result.failed],
         "step_multiplier": [float(s) for s in np.asarray(step_multiplier)],
+        "curvature_scale": float(np.mean(kappa)),
+        "rolled_back": None,
         "penalty": [float(p) for p in np.mean(duals.penalty, -1)],
         "s_step_loss_before": s_losses[0],
         "s_step_loss_after": s_losses[1],
@@ -529,7 +649,7 @@ def gps_iteration(config: TrainConfig, task, tracked: TrackedCoordinates,
 
 
 def train(config: TrainConfig, out_dir=None, resume: bool = False, *, callback=None,
-          max_to_keep: int | None = 3):
+          max_to_keep: int | None = 3, mesh=None):
     """Run ``config.iterations`` GPS iterations, checkpointing each one under ``out_dir``.
 
     Args:
@@ -540,6 +660,8 @@ def train(config: TrainConfig, out_dir=None, resume: bool = False, *, callback=N
         its checkpoint is written), e.g. for a progress bar; ``seconds`` is its wall time (kept
         out of the log so that a resumed run's log equals an uninterrupted one's).
       max_to_keep: checkpoints kept (``None``: all).
+      mesh: split samples and S-step minibatches over this mesh (``gps_iteration``); with
+        several processes every process calls ``train`` (Orbax writes from process 0).
 
     Returns:
       ``(theta, log)``: the policy and one log dict per iteration (including restored ones).
@@ -555,7 +677,7 @@ def train(config: TrainConfig, out_dir=None, resume: bool = False, *, callback=N
         state, log = checkpoint.restore(manager, state)
     while int(state.iteration) < config.iterations:
         start = time.perf_counter()
-        state, entry = gps_iteration(config, task, tracked, state)
+        state, entry = gps_iteration(config, task, tracked, state, mesh=mesh)
         seconds = time.perf_counter() - start
         log.append(entry)
         if manager is not None:

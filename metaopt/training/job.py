@@ -9,6 +9,10 @@ minibatch order never seen in meta-training) with the true objective on the whol
 
 Written into ``out``: ``results.json``, ``summary.csv``, ``curves.png`` (``write_report``),
 ``training_log.json`` and ``training_log.png`` (the per-iteration GPS log).
+
+``mesh=True`` splits the rollouts' samples and the S-step's minibatches over every visible device
+(``metaopt.training.mesh``), with N and the S-step minibatch grown with the device count
+(``scale_to_mesh``); with several processes only process 0 writes these files.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from metaopt.learned_optimizer import learned_opt
 from metaopt.optimizers.baselines import BASELINES
 from metaopt.serialization import save
 from metaopt.training.gps_loop import TrainConfig, make_dataset_task, make_task, train
+from metaopt.training.mesh import is_main_process, samples_mesh, scale_to_mesh
 
 LEARNED = "learned_gps"
 
@@ -199,23 +204,36 @@ def plot_training_log(path, log: list[dict]) -> None:
 
 
 def run_train_job(name: str, out_dir, *, resume: bool = False, progress: bool = True,
-                  iterations: int | None = None) -> dict:
+                  iterations: int | None = None, mesh: bool = False,
+                  samples_per_device: int | None = None) -> dict:
     """Meta-train with ``TRAIN_CONFIGS[name]`` into ``out_dir``, then evaluate (module docs).
 
     ``iterations`` overrides the preset's count (e.g. to stop a resumed run early and evaluate).
+    ``mesh``: train over every device of every process (module docs); ``samples_per_device``
+    (default: the preset's N) sets N = it × device count. A process other than 0 returns after
+    training, with ``paths`` and ``verdict`` None.
     """
     job = get_train_config(name)
     if iterations is not None:
         job = dataclasses.replace(job, train=dataclasses.replace(job.train, iterations=iterations))
+    device_mesh = samples_mesh() if mesh else None
+    if device_mesh is not None:
+        job = dataclasses.replace(job, train=scale_to_mesh(job.train, device_mesh.size,
+                                                           samples_per_device))
+    main = is_main_process()
     config = job.train
     out = Path(out_dir)
-    (out / "policies").mkdir(parents=True, exist_ok=True)
+    if main:
+        (out / "policies").mkdir(parents=True, exist_ok=True)
     timings_path = out / "timings.json"
     timings = json.loads(timings_path.read_text()) if resume and timings_path.exists() else {}
     start = time.perf_counter()
-    bar = tqdm(total=config.iterations, desc=f"GPS ({name})", unit="it", disable=not progress)
+    bar = tqdm(total=config.iterations, desc=f"GPS ({name})", unit="it",
+               disable=not progress or not main)
 
     def on_iteration(state, entry, seconds):
+        if not main:
+            return
         timings[str(entry["iteration"])] = round(seconds, 2)
         timings_path.write_text(json.dumps(timings, indent=1))
         save(out / "policies" / f"iter_{int(state.iteration):03d}.metaopt", state.theta,
@@ -223,12 +241,16 @@ def run_train_job(name: str, out_dir, *, resume: bool = False, progress: bool = 
         bar.n = int(state.iteration)
         bar.set_postfix(_log_fields(entry) | {"s/it": f"{seconds:.0f}"})
 
+    sharding = {} if device_mesh is None else {"mesh": device_mesh}
     theta, log = train(config, out / "checkpoints", resume=resume, callback=on_iteration,
-                       max_to_keep=None)
+                       max_to_keep=None, **sharding)
     bar.n = len(log)
     bar.refresh()
     bar.close()
     train_seconds = time.perf_counter() - start
+    if not main:
+        return {"log": log, "paths": None, "verdict": None,
+                "wall_time_s": time.perf_counter() - start}
     peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     config_dict = dataclasses.asdict(config)
     save(out / "policy.metaopt", theta,
@@ -242,6 +264,9 @@ def run_train_job(name: str, out_dir, *, resume: bool = False, progress: bool = 
             "train_wall_time_s_this_process": round(train_seconds, 1),
             "peak_rss_gb_after_training": round(peak_rss_gb, 2),
             "jax_devices": [str(d) for d in jax.devices()]}
+    if device_mesh is not None:
+        meta["mesh"] = {"devices": device_mesh.size, "processes": jax.process_count(),
+                        "axis": device_mesh.axis_names[0]}
     result = evaluate_against_baselines(theta, job, out, meta=meta)
     result["log"] = log
     result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6

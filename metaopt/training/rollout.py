@@ -149,9 +149,25 @@ def rollout(task, controllers: LinearGaussianController, init_key: jax.Array,
     Returns:
       ``RolloutData``. T + 1 states are visited (the last step's action is not recorded).
     """
+    sample_keys = jax.random.split(sample_key, num_samples)
+    moments, outputs = rollout_samples(task, controllers, init_key, sample_keys, tracked_index)
+    return assemble_rollout(moments, outputs)
+
+
+def rollout_samples(task, controllers: LinearGaussianController, init_key: jax.Array,
+                    sample_keys: jax.Array, tracked_index: jax.Array):
+    """The body of ``rollout`` for explicit per-sample keys ``(n,)``, before assembly (not jitted).
+
+    ``metaopt.training.mesh`` runs it on each device's share of the keys, adds the moments across
+    devices and gathers the per-sample outputs before ``assemble_rollout``.
+
+    Returns:
+      ``(moments, outputs)``: moments per scan step ``(T + 1, G, ...)`` summed over these samples'
+      coordinates (step t holds transition t − 1; step 0's is empty), and a dict of per-sample
+      scan outputs, time-major ``(T + 1, n, ...)``.
+    """
     horizon = controllers.gain.shape[-3]
     params = task.init_params(init_key)
-    sample_keys = jax.random.split(sample_key, num_samples)
 
     def init_sample(key):
         noise_key, data_key = jax.random.split(key)
@@ -182,6 +198,12 @@ def rollout(task, controllers: LinearGaussianController, init_key: jax.Array,
 
     _, (outputs, moments) = jax.lax.scan(
         scan_step, carry, (jnp.swapaxes(step_keys, 0, 1), jnp.arange(horizon + 1)))
+    return moments, outputs
+
+
+def assemble_rollout(moments: RegressionMoments, outputs: dict) -> RolloutData:
+    """``RolloutData`` from ``rollout_samples``' moments and outputs (of all N samples)."""
+    horizon = outputs["true_value"].shape[0] - 1
     # Step t emitted transition t − 1: drop step 0's (empty) moments; keep steps 0..T−1 elsewhere.
     moments = jax.tree.map(lambda m: jnp.swapaxes(m[1:], 0, 1), moments)    # (G, T, ...)
     sequence = lambda a: jnp.moveaxis(a[:horizon], 0, 3)                    # (N, G, K, T, ...)

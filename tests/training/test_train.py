@@ -47,6 +47,8 @@ def test_tiny_run_completes_with_finite_logs(tiny_config, tiny_runs):
             values = value if isinstance(value, list) else [value]
             if key == "c_step_failed":
                 assert not any(values)
+            elif key == "rolled_back":
+                assert value is None
             elif not (entry["iteration"] == 0 and key.startswith("s_step")):
                 assert all(math.isfinite(v) for v in values), (key, value)
         assert all(kl <= 1.1 * b for kl, b in zip(entry["kl"], entry["kl_budget"], strict=True))
@@ -63,3 +65,47 @@ def test_resume_after_iteration_one_equals_uninterrupted(tiny_runs):
         checkpoints.close()
     assert log_resumed == log_full
     jax.tree.map(np.testing.assert_array_equal, theta_resumed, theta_full)
+
+
+def test_observable_state_and_calibrated_curvature_run_end_to_end(tiny_config):
+    """The non-default model (controllers without g*, calibrated curvature): two finite iterations,
+    controllers that never act on g*, and a logged curvature scale within its bounds."""
+    from metaopt.training.gps_loop import TrainState
+
+    config = dataclasses.replace(tiny_config, privileged_gradient=False, calibrate_curvature=True)
+    states = []
+    theta, log = train(config, callback=lambda state, entry, seconds: states.append(state))
+    assert len(log) == 2 and all(isinstance(s, TrainState) for s in states)
+    for entry in log:
+        assert math.isfinite(entry["controller_objective"]) and math.isfinite(entry["policy_objective"])
+        assert 0.1 <= entry["curvature_scale"] <= 10.0
+        assert not any(entry["c_step_failed"])
+    np.testing.assert_array_equal(states[-1].controller.gain[..., -1], 0.0)
+    assert states[-1].previous.gradient_coefficients.shape[-1] == 78
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(theta))
+
+
+def test_diverging_controller_is_rolled_back_and_initial_divergence_is_a_clear_error(tiny_config):
+    """A C-step that produced a diverging controller: the iteration is rolled back (ψ ← the
+    controller before it, step multiplier halved, π untouched) and logged; no NaN enters θ."""
+    from metaopt.training.gps_loop import gps_iteration, init_state, make_task
+    from metaopt.training.rollout import select_tracked
+
+    config = tiny_config
+    task = make_task(config)
+    state = init_state(config, task)
+    tracked = select_tracked(jax.random.key(config.seed + 4), task.init_params(jax.random.key(0)),
+                             config.num_tracked)
+    exploding = state.controller._replace(gain=state.controller.gain * 1e4)
+    state = state._replace(controller=exploding, has_previous=np.bool_(True),
+                           step_multiplier=np.full_like(state.step_multiplier, 0.8))
+    new_state, entry = gps_iteration(config, task, tracked, state)
+    assert entry["rolled_back"] and ("diverged" in entry["rolled_back"]
+                                     or "non-finite" in entry["rolled_back"])
+    np.testing.assert_array_equal(new_state.controller.gain, state.previous.controller.gain)
+    np.testing.assert_allclose(new_state.step_multiplier, 0.4)
+    assert int(new_state.iteration) == 1
+    for new, old in zip(jax.tree.leaves(new_state.theta), jax.tree.leaves(state.theta), strict=True):
+        np.testing.assert_array_equal(new, old)
+    with pytest.raises(ValueError, match="initial controller"):
+        gps_iteration(config, task, tracked, state._replace(has_previous=np.bool_(False)))
