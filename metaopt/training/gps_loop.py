@@ -18,7 +18,6 @@ The state between iterations (``TrainState``) is float32 NumPy (the solves run i
 ``(config.seed, iteration)``. Shapes: G groups, T steps, dX = 79 (GPS state width).
 """
 
-import dataclasses
 import functools
 import time
 from functools import partial
@@ -38,155 +37,34 @@ from metaopt.gps import (
     LinearGaussianDynamics,
     estimated_cost,
     eta_search,
-    fit_conditional_mean,
-    fit_dynamics,
     float64,
-    select_moments,
     tied_coordinate_cost,
     update_step_multiplier,
 )
 from metaopt.learned_optimizer import learned_opt
 from metaopt.policy import init_policy
-from metaopt.tasks.mlp import make_mlp_task, synthetic_classification
 from metaopt.training import checkpoint, policy_fit
 from metaopt.training import mesh as mesh_lib
-from metaopt.training.curvature import calibrate_to_realized_change
+from metaopt.training.config import PAPER_SETTING, TrainConfig, make_dataset_task, make_task
+from metaopt.training.model import (
+    calibrate_curvature,
+    collective_response,
+    fit_model,
+    from_model,
+    model_state_dim,
+    rollout_fault,
+    to_model,
+)
 from metaopt.training.rollout import RolloutData, TrackedCoordinates, rollout, select_tracked
 
+__all__ = [  # the loop, plus the config and model names it re-exports for convenience
+    "PAPER_SETTING", "PreviousModel", "TrainConfig", "TrainState", "c_step", "fit_model",
+    "gps_iteration", "init_state", "make_dataset_task", "make_task", "model_state_dim",
+    "roll_back", "run_c_step", "train", "calibrate_curvature", "collective_response",
+    "from_model", "rollout_fault", "to_model",
+]
+
 STATE_DIM = features.GPS_STATE_DIM
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Meta-training hyperparameters (reference values of SPEC §2 unless marked).
-
-    The defaults are the tiny preset (``TrainConfig.tiny()``): a 6-8-3 net on synthetic data,
-    T = 20, N = 4, 2 iterations, a 32-cell LSTM. ``TrainConfig.paper()`` is the paper's setting
-    (48-48-10 ReLU on MNIST projected to 48, minibatch 64, T = 400, 128 cells, tuned momentum).
-    """
-
-    # Task. ``dataset=None``: an MLP on synthetic Gaussian-mixture data of ``widths`` (ours, for
-    # smoke runs). Otherwise ``metaopt.tasks.dataset_task(dataset, input_dim=widths[0],
-    # hidden=widths[1:-1], ...)`` (the output width comes from the dataset's classes).
-    widths: tuple[int, ...] = (6, 8, 3)
-    num_examples: int = 128
-    batch_size: int = 16
-    seed: int = 0
-    dataset: str | None = None
-    activation: str = "relu"
-    l2: float = 5e-4
-    projection_seed: int = 0
-    # Examples the *meta-training* true objective f (cost, g*, curvature, policy log) is measured
-    # on; ``None``: the whole training split. Evaluation against baselines always uses the
-    # whole split.
-    train_eval_subset: int | None = None
-    # GPS.
-    horizon: int = 20
-    num_samples: int = 4
-    iterations: int = 2
-    inner_iterations: int = 2
-    num_tracked: int = 8
-    # Initial controller: momentum (not tuned here; ours).
-    learning_rate: float = 0.1
-    momentum: float = 0.9
-    exploration_variance: float = 1e-5
-    # Trust region and BADMM.
-    kl_step: float = 0.2
-    initial_step_multiplier: float = 1.0
-    max_step_multiplier: float = 10.0   # reference value; the paper preset caps it (measured)
-    initial_eta: float = 1.0
-    initial_penalty: float = 0.01
-    dual_rate: float = 0.2
-    penalty_upper: float = 0.5
-    penalty_lower: float = 1.0
-    penalty_increase: float = 2.0
-    penalty_decrease: float = 0.5
-    sequential_c_step: bool = True      # lax.map over groups (CPU); False: vmap (accelerators)
-    # Whether the controllers may act on g* (SPEC §3's privileged state, the default). Measured on
-    # the paper preset (results/train, results/ablation-observable, experiments/gps_model_checks):
-    # with g* the C-step moved the gain from ĝ (0.3 → 0.004) to g* (0 → −0.1) and dropped
-    # momentum, which the policy (it never sees g*) cannot follow; iteration 2's controller with
-    # its g* gain zeroed was worse than its start (final f 0.430 vs 0.420). False: the
-    # controllers see [Φ, ĝ, a(t−1)] and the cost uses E[g* | that state] (same expected cost for
-    # such controllers). It did not help: the controllers' samples went 0.561 → 0.568 → 0.587
-    # (mean_t f) where the default went 0.561 → 0.549 → 0.539; the default stays.
-    privileged_gradient: bool = True
-    # Scale the per-group curvature so the tied cost matches the samples' realised objective
-    # changes (``curvature.calibrate_to_realized_change``). Measured κ ≈ 1.57 at every t for
-    # momentum lr 0.15-0.6: uncalibrated, the cost overstated the decrease 1.1-2.9×. With the
-    # observable state it left the run unchanged (0.561 → 0.568 → 0.588), so it is off by default
-    # and the default reproduces the shipped policy.
-    calibrate_curvature: bool = False
-    # Re-attribute the collective gradient response to the action (``collective_response``).
-    collective_response: bool = False
-    # A rollout whose samples end above this multiple of f(x_0) (or hold NaN/inf) is rolled back.
-    divergence_ratio: float = 2.0
-    dynamics_prior_strength: float = 1.0
-    dynamics_ridge: float = 1e-3
-    policy_prior_strength: float = 1.0
-    policy_ridge: float = 1e-3
-    # Policy and S-step.
-    hidden_size: int = 32
-    init_step_size: float = 0.01
-    s_step_iterations: int = 50
-    s_step_batch_size: int = 16
-    s_step_learning_rate: float = 1e-3
-
-    @classmethod
-    def tiny(cls, **overrides) -> "TrainConfig":
-        """6-8-3 net, T = 20, N = 4, 2 iterations: a CPU smoke run of the whole loop."""
-        return cls(**overrides)
-
-    @classmethod
-    def paper(cls, **overrides) -> "TrainConfig":
-        """The paper's meta-training task (SPEC §1) at a scale that fits ~30 min on 2 CPU cores.
-
-        48-48-10 ReLU MLP, MNIST projected to 48 dims, minibatch 64, ℓ2 5e-4 (as the tuned
-        baselines in ``results/baselines``), T = 400, 128-cell LSTM. Initial controller: the
-        tuned momentum of ``results/baselines`` (lr 0.3, μ 0.5, best of a 35-point grid over
-        5 tuning seeds). Knobs reduced for time are marked in ``PAPER_SETTING``
-        (see ``metaopt/assets/policy.json`` for the values of the shipped run).
-        """
-        return cls(**{**PAPER_SETTING, **overrides})
-
-
-# The paper's setting; the entries after "# reduced" trade fidelity for CPU time (measured).
-PAPER_SETTING = dict(
-    dataset="mnist", widths=(48, 48, 10), batch_size=64, activation="relu", l2=5e-4,
-    horizon=400, hidden_size=128, learning_rate=0.3, momentum=0.5,
-    # reduced
-    num_samples=10, iterations=10, num_tracked=32, train_eval_subset=5000,
-    exploration_variance=1e-6, s_step_iterations=100, s_step_batch_size=64,
-    # Not a time knob: with the reference's cap of 10 the KL budget grew to 800 nats per group by
-    # iteration 2 and the samples' true objective rose from 0.535 to 0.671 (model mismatch), so
-    # the budget stays at most ε·T = 80 per group.
-    max_step_multiplier=1.0,
-)
-
-
-def make_task(config: TrainConfig):
-    """The task of ``config``: synthetic data (``dataset=None``) or a projected dataset."""
-    if config.dataset is None:
-        x, y = synthetic_classification(jax.random.key(config.seed), config.num_examples,
-                                        config.widths[0], config.widths[-1])
-        return make_mlp_task(x, y, widths=config.widths, batch_size=config.batch_size,
-                             activation=config.activation, l2=config.l2,
-                             eval_subset=config.train_eval_subset)
-    return make_dataset_task(config, eval_subset=config.train_eval_subset)
-
-
-def make_dataset_task(config: TrainConfig, *, eval_subset: int | None):
-    """``dataset_task`` for ``config`` with f measured on ``eval_subset`` examples (None: all)."""
-    from metaopt.tasks import dataset_task
-
-    task = dataset_task(config.dataset, input_dim=config.widths[0], hidden=config.widths[1:-1],
-                        batch_size=config.batch_size, activation=config.activation,
-                        l2=config.l2, eval_subset=eval_subset,
-                        projection_seed=config.projection_seed)
-    if task.widths != tuple(config.widths):
-        raise ValueError(f"config.widths {config.widths} do not match the dataset's task "
-                         f"{task.widths}; set widths[-1] to the number of classes.")
-    return task
 
 
 class PreviousModel(NamedTuple):
@@ -202,23 +80,6 @@ class PreviousModel(NamedTuple):
     linearization: LinearGaussianController
     gradient_coefficients: jax.Array
     gradient_offset: jax.Array
-
-
-def model_state_dim(config) -> int:
-    """dM: the width of the state the C-step's model and controllers use (79, or 78 without g*)."""
-    return STATE_DIM if config.privileged_gradient else STATE_DIM - 1
-
-
-def to_model(controller: LinearGaussianController, dim: int) -> LinearGaussianController:
-    """The controller on the model's first ``dim`` state entries (dropped columns must be 0)."""
-    return controller._replace(gain=controller.gain[..., :dim])
-
-
-def from_model(controller: LinearGaussianController) -> LinearGaussianController:
-    """A model-space controller as a GPS-state controller (zero gain on the entries it lacks)."""
-    missing = STATE_DIM - controller.gain.shape[-1]
-    pad = [(0, 0)] * (controller.gain.ndim - 1) + [(0, missing)]
-    return controller._replace(gain=np.pad(np.asarray(controller.gain), pad))
 
 
 class TrainState(NamedTuple):
@@ -292,56 +153,6 @@ def init_state(config: TrainConfig, task) -> TrainState:
                                np.zeros(shape + (1,))),
         has_previous=np.bool_(False),
     ))
-
-
-# Two jits, not one: on jaxlib 0.10.2 CPU a single program holding both Cholesky chains (dynamics
-# and E[g* | s]) deadlocked in execution (0 % CPU, never returned); separately they take < 1 s.
-@partial(jax.jit, static_argnames=("prior_strength", "ridge", "privileged_gradient"))
-def _fit_dynamics(moments, *, prior_strength, ridge, privileged_gradient):
-    if privileged_gradient:
-        return fit_dynamics(moments, STATE_DIM, prior_strength=prior_strength, ridge=ridge)
-    observable = list(range(STATE_DIM - 1))
-    # y = [s_t (79); a_t; s_{t+1} (79)]: keep [s_t without g*; a_t; s_{t+1} without g*].
-    kept = observable + [STATE_DIM] + [STATE_DIM + 1 + i for i in observable]
-    return fit_dynamics(select_moments(moments, kept), STATE_DIM - 1,
-                        prior_strength=prior_strength, ridge=ridge)
-
-
-@partial(jax.jit, static_argnames=("prior_strength", "ridge"))
-def _fit_gradient_model(moments, *, prior_strength, ridge):
-    return fit_conditional_mean(moments, range(STATE_DIM - 1), [STATE_DIM - 1],
-                                prior_strength=prior_strength, ridge=ridge)
-
-
-@partial(jax.jit, static_argnames=("state_dim",))
-def _tied_cost(curvature, gradient_model, *, state_dim):
-    return tied_coordinate_cost(curvature, state_dim, gradient_model=gradient_model)
-
-
-def fit_model(data: RolloutData, *, prior_strength: float, ridge: float,
-              privileged_gradient: bool = False):
-    """Dynamics, tied cost and gradient model ``(G, T, ...)`` of a rollout (inside ``float64()``).
-
-    ``privileged_gradient=False``: the model's state drops g* (the last GPS-state entry); the
-    dynamics are fit on the rest and the cost's g* is E[g* | s] regressed per (g, t) with the same
-    prior. True: the full GPS state, g* itself in the cost (gradient model M = e_g*, m = 0).
-
-    Returns:
-      ``(dynamics, cost, (M (G, T, 1, dM), m (G, T, 1)))``, on the device.
-    """
-    dynamics = _fit_dynamics(data.moments, prior_strength=prior_strength, ridge=ridge,
-                             privileged_gradient=privileged_gradient)
-    dtype = dynamics.offset.dtype
-    shape = dynamics.offset.shape[:-1]
-    if privileged_gradient:
-        gradient_model = (jnp.zeros(shape + (1, STATE_DIM), dtype).at[..., -1].set(1.0),
-                          jnp.zeros(shape + (1,), dtype))
-    else:
-        gradient_model = _fit_gradient_model(data.moments, prior_strength=prior_strength,
-                                             ridge=ridge)
-    cost = _tied_cost(jnp.asarray(data.curvature, dtype), gradient_model,
-                      state_dim=dynamics.offset.shape[-1])
-    return dynamics, cost, gradient_model
 
 
 @jax.jit
@@ -462,64 +273,8 @@ def step_multiplier_update(state: TrainState, dynamics, cost, linearization,
                                   max_step_multiplier=max_step_multiplier)
 
 
-@jax.jit
-def calibrate_curvature(data: RolloutData) -> tuple[RolloutData, jax.Array]:
-    """``data`` with h_{g,t} scaled to the realised objective changes, and the scale κ ``(T,)``."""
-    gradient, action = STATE_DIM - 1, STATE_DIM      # g* in s_t, and a_t, in y = [s_t; a_t; s']
-    second = data.moments.second
-    curvature, kappa = calibrate_to_realized_change(
-        data.curvature, data.true_objective, second[..., gradient, action],
-        second[..., action, action])
-    return data._replace(curvature=curvature), kappa
-
-
-def collective_response(dynamics: LinearGaussianDynamics, curvature, controller,
-                        state_dim: int) -> LinearGaussianDynamics:
-    """Dynamics whose gradient rows respond to the action with the measured curvature (ours).
-
-    The pooled regression identifies B only from exploration noise, which is independent across
-    coordinates, so it sees the diagonal Hessian (measured B on g*: 0.002-0.015 against curvature
-    0.03-0.4 along the steps) and credits the collective descent (g* shrinks because every
-    coordinate steps along it) to A. Here the rows of ĝ(t+1), g*(t+1) and the newest 3-step
-    gradient average get B = r·h_{g,t} (r = 1, 1, 1/3), and A, c are corrected by −ΔB·K_t, −ΔB·k_t
-    with the sampling controller (K_t, k_t), so the mean prediction under that controller is
-    unchanged while another controller's steps move the gradient as the curvature says.
-
-    Args: dynamics ``(G, T, ...)`` (model state), curvature ``(G, T)``, controller on the model
-      state, state_dim dM.
-    """
-    rows = {features.GRADIENT_INDEX: 1.0, features.PHI_GRADIENT.start: 1.0 / 3.0}
-    if state_dim > features.TRUE_GRADIENT_INDEX:
-        rows[features.TRUE_GRADIENT_INDEX] = 1.0
-    state_matrix = np.array(dynamics.state_matrix)
-    action_matrix = np.array(dynamics.action_matrix)
-    offset = np.array(dynamics.offset)
-    gain = np.asarray(controller.gain, state_matrix.dtype)[..., 0, :]       # (G, T, dM)
-    bias = np.asarray(controller.bias, state_matrix.dtype)[..., 0]          # (G, T)
-    for row, weight in rows.items():
-        change = weight * np.asarray(curvature, state_matrix.dtype) - action_matrix[..., row, 0]
-        action_matrix[..., row, 0] += change
-        state_matrix[..., row, :] -= change[..., None] * gain
-        offset[..., row] -= change * bias
-    return dynamics._replace(state_matrix=state_matrix, action_matrix=action_matrix, offset=offset)
-
-
 _step_multiplier_update = jax.jit(step_multiplier_update, static_argnames=("max_step_multiplier",))
 _s_step_loss = jax.jit(policy_fit.s_step_loss)
-
-
-def rollout_fault(data: RolloutData, divergence_ratio: float) -> str | None:
-    """Why a rollout cannot be used for a GPS update (non-finite or diverged), or ``None``."""
-    objective = np.asarray(data.true_objective, np.float64)
-    if not np.all(np.isfinite(objective)):
-        return "the controllers' samples reached a non-finite true objective"
-    numbers = [data.curvature, *jax.tree.leaves(data.moments)]
-    if not all(np.all(np.isfinite(np.asarray(x))) for x in numbers):
-        return "non-finite regression moments or curvature (overflowing states)"
-    start, end = objective[:, 0].mean(), objective[:, -1].mean()
-    if end > divergence_ratio * start:
-        return f"the samples diverged: mean f(x_T) = {end:.4g} > {divergence_ratio} × f(x_0) = {start:.4g}"
-    return None
 
 
 def roll_back(config: TrainConfig, state: TrainState, reason: str) -> tuple[TrainState, dict]:
