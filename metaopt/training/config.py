@@ -68,7 +68,9 @@ class TrainConfig:
     # observable state it left the run unchanged (0.561 → 0.568 → 0.588), so it is off by default
     # and the default reproduces the shipped policy.
     calibrate_curvature: bool = False
-    # Re-attribute the collective gradient response to the action (``collective_response``).
+    # Re-attribute the collective gradient response to the action (``model.collective_response``).
+    # Measured with the observable state: samples 0.561 → 0.568 → 0.587 → 0.642, no better than
+    # without it (results/ablation-observable/variants.json), so off by default.
     collective_response: bool = False
     # A rollout whose samples end above this multiple of f(x_0) (or hold NaN/inf) is rolled back.
     divergence_ratio: float = 2.0
