@@ -94,6 +94,8 @@ def calibrate_to_realized_change(curvature: jax.Array, true_objective: jax.Array
     Returns:
       ``(κ_t h_{g,t} (G, T), κ (T,))``.
     """
+    curvature, true_objective, gradient_action, action_square = (
+        jnp.asarray(x) for x in (curvature, true_objective, gradient_action, action_square))
     change = (true_objective[:, 1:] - true_objective[:, :-1]).sum(0)       # (T,)
     linear = gradient_action.sum(0)
     quadratic = 0.5 * (curvature * action_square).sum(0)
