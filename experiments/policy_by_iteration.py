@@ -13,9 +13,9 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
+from metaopt.evaluation.report import summarize
 from metaopt.evaluation.tuning import run_grid
+from metaopt.evaluation.unroll import eval_steps
 from metaopt.learned_optimizer import learned_opt
 from metaopt.serialization import load
 from metaopt.training import job
@@ -36,10 +36,7 @@ def main():
         curves = run_grid(lambda theta=theta: learned_opt(theta), [{}], task,
                           train_job.eval_seeds, num_steps=config.horizon,
                           eval_every=train_job.eval_every)[0]
-        finals = curves[:, -1]
-        rows[path.name] = {"final_mean": float(np.mean(finals)), "final_std": float(np.std(finals)),
-                           "auc_mean": float(np.mean(curves.sum(-1) * train_job.eval_every)),
-                           "diverged_seeds": int(np.sum(~np.isfinite(finals)))}
+        rows[path.name] = summarize(curves, eval_steps(config.horizon, train_job.eval_every))
         print(path.name, rows[path.name], flush=True)
     baselines = {}
     results = run / "results.json"

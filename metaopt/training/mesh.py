@@ -163,11 +163,11 @@ def sharded_rollout(mesh: Mesh, task, controllers: LinearGaussianController, ini
 def _sharded_s_step(mesh, theta, opt_state, data, key, *, optimizer, num_steps, batch_size):
     count = data.targets.shape[0]
     batch_size = min(batch_size, count)
-    order = jax.random.permutation(key, count)
-    usable = (count // batch_size) * batch_size
     local = -(-batch_size // mesh.size)                 # sequences per device, the last padded
     padding = local * mesh.size - batch_size
     valid = (jnp.arange(local * mesh.size) < batch_size).astype(jnp.float32)
+    schedule = jnp.pad(policy_fit.minibatch_schedule(key, count, batch_size, num_steps),
+                       ((0, 0), (0, padding)))
 
     def per_device(theta, batch):
         # This device's share of the minibatch loss (normalised by the global minibatch).
@@ -176,21 +176,13 @@ def _sharded_s_step(mesh, theta, opt_state, data, key, *, optimizer, num_steps, 
         return jax.lax.psum((loss, grads), AXIS)
 
     # check_vma=False: theta is replicated and differentiated locally; the psum is explicit.
-    minibatch_grad = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)),
-                                   out_specs=P(), check_vma=False)
-
-    def step(carry, i):
-        theta, opt_state = carry
-        start = (i * batch_size) % usable
-        idx = jnp.pad(jax.lax.dynamic_slice_in_dim(order, start, batch_size), (0, padding))
-        batch = jax.tree.map(lambda a: a[idx], data)
-        batch = batch._replace(weights=batch.weights * valid[:, None])
-        loss, grads = minibatch_grad(theta, batch)
-        updates, opt_state = optimizer.update(grads, opt_state, theta)
-        return (optax.apply_updates(theta, updates), opt_state), loss
-
-    (theta, opt_state), losses = jax.lax.scan(step, (theta, opt_state), jnp.arange(num_steps))
-    return jax.lax.with_sharding_constraint((theta, opt_state, losses), NamedSharding(mesh, P()))
+    split_grad = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)),
+                               out_specs=P(), check_vma=False)
+    masked_grad = lambda theta, batch: split_grad(
+        theta, batch._replace(weights=batch.weights * valid[:, None]))
+    result = policy_fit.fit_minibatches(theta, opt_state, data, schedule, optimizer=optimizer,
+                                        loss_and_grad=masked_grad)
+    return jax.lax.with_sharding_constraint(result, NamedSharding(mesh, P()))
 
 
 def sharded_s_step(mesh: Mesh, theta, opt_state, data: policy_fit.SStepData, key: jax.Array, *,

@@ -112,30 +112,48 @@ def s_step_loss(theta: Theta, data: SStepData) -> jax.Array:
     return 0.5 * jnp.sum(data.weights * jnp.square(error)) / data.targets.size
 
 
+def minibatch_schedule(key: jax.Array, count: int, batch_size: int, num_steps: int) -> jax.Array:
+    """Indices ``(num_steps, batch_size)`` of the S-step's minibatches.
+
+    The ``count`` sequences are shuffled once and visited cyclically (as in the reference); a
+    remainder smaller than a minibatch is skipped.
+    """
+    order = jax.random.permutation(key, count)
+    usable = (count // batch_size) * batch_size
+    starts = (jnp.arange(num_steps) * batch_size) % usable
+    return order[starts[:, None] + jnp.arange(batch_size)]
+
+
+def fit_minibatches(theta: Theta, opt_state, data: SStepData, schedule: jax.Array, *,
+                    optimizer: optax.GradientTransformation, loss_and_grad=None):
+    """One optimizer step per row of ``schedule`` (``lax.scan``); returns theta, state, losses.
+
+    ``loss_and_grad(theta, batch) -> (loss, grads)`` defaults to ``value_and_grad(s_step_loss)``;
+    ``metaopt.training.mesh`` passes one that splits each minibatch over devices.
+    """
+    loss_and_grad = jax.value_and_grad(s_step_loss) if loss_and_grad is None else loss_and_grad
+
+    def step(carry, idx):
+        theta, opt_state = carry
+        loss, grads = loss_and_grad(theta, jax.tree.map(lambda a: a[idx], data))
+        updates, opt_state = optimizer.update(grads, opt_state, theta)
+        return (optax.apply_updates(theta, updates), opt_state), loss
+
+    (theta, opt_state), losses = jax.lax.scan(step, (theta, opt_state), schedule)
+    return theta, opt_state, losses
+
+
 @partial(jax.jit, static_argnames=("optimizer", "num_steps", "batch_size"))
 def s_step(theta: Theta, opt_state, data: SStepData, key: jax.Array, *,
            optimizer: optax.GradientTransformation, num_steps: int,
            batch_size: int) -> tuple[Theta, optax.OptState, jax.Array]:
     """``num_steps`` Adam steps of BPTT on minibatches of ``batch_size`` sequences.
 
-    The sequences are shuffled once per call and visited cyclically (as in the reference).
+    The sequences are shuffled once per call and visited cyclically (``minibatch_schedule``).
 
     Returns:
       ``(theta, opt_state, losses)``, losses ``(num_steps,)`` on the minibatches.
     """
     count = data.targets.shape[0]
-    batch_size = min(batch_size, count)
-    order = jax.random.permutation(key, count)
-    usable = (count // batch_size) * batch_size
-
-    def step(carry, i):
-        theta, opt_state = carry
-        start = (i * batch_size) % usable
-        idx = jax.lax.dynamic_slice_in_dim(order, start, batch_size)
-        batch = jax.tree.map(lambda a: a[idx], data)
-        loss, grads = jax.value_and_grad(s_step_loss)(theta, batch)
-        updates, opt_state = optimizer.update(grads, opt_state, theta)
-        return (optax.apply_updates(theta, updates), opt_state), loss
-
-    (theta, opt_state), losses = jax.lax.scan(step, (theta, opt_state), jnp.arange(num_steps))
-    return theta, opt_state, losses
+    schedule = minibatch_schedule(key, count, min(batch_size, count), num_steps)
+    return fit_minibatches(theta, opt_state, data, schedule, optimizer=optimizer)
