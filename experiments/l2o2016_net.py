@@ -1,0 +1,13 @@
+"""The 2016 experiment on 2-2-2 ReLU net classifier (12 parameters, 80 train / 100 test).
+
+  .venv/bin/python experiments/l2o2016_net.py          # full: results/l2o2016/net/
+  .venv/bin/python experiments/l2o2016_net.py --tiny   # seconds (CI): results/l2o2016-quick/net/
+
+GPS-trained MLP vs GD, momentum, CG, L-BFGS tuned on the training objectives (and the shipped LSTM);
+see metaopt/l2o2016/experiment.py for what is written.
+"""
+
+from metaopt.l2o2016.experiment import main
+
+if __name__ == "__main__":
+    main("net")

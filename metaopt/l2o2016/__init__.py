@@ -1,0 +1,7 @@
+"""The 2016 setting (Li & Malik, *Learning to Optimize*): dense-state GPS for 4-12-dimensional
+objective families, the 50-softplus MLP policy as an optax transformation, and the experiments.
+
+Modules: ``features`` (the H = 25 observation), ``policy`` (MLP, ``l2o2016_opt``, save/load),
+``gps`` (dense MDGPS), ``evaluate`` (curves over objective sets, tuning, margin of victory),
+``experiment`` (one family end to end; ``experiments/l2o2016_*.py``).
+"""
