@@ -16,6 +16,10 @@ Example::
 
   metaopt.save("policy.metaopt", theta, metadata={"trained_on": "mnist-48-48-10"})
   theta = metaopt.load("policy.metaopt")
+
+The same format holds the weights of the L2L baseline (Andrychowicz et al. 2016,
+:mod:`metaopt.optimizers.l2l`): ``save_l2l`` / ``load_l2l``, architecture
+``"l2l-coordinatewise-lstm"``; each loader refuses the other's files with a ``PolicyFileError``.
 """
 
 import hashlib
@@ -31,6 +35,7 @@ import numpy as np
 from flax import serialization
 
 from metaopt.features import OBS_DIM
+from metaopt.optimizers import l2l
 from metaopt.policy import Theta, policy_hidden_size
 
 FORMAT_VERSION = 1
@@ -48,7 +53,15 @@ FEATURE_SET = {
     ],
 }
 
-__all__ = ["FORMAT_VERSION", "PolicyFileError", "load", "read_header", "save"]
+__all__ = [
+    "FORMAT_VERSION",
+    "PolicyFileError",
+    "load",
+    "load_l2l",
+    "read_header",
+    "save",
+    "save_l2l",
+]
 
 
 class PolicyFileError(ValueError):
@@ -75,12 +88,16 @@ def save(path: str | os.PathLike, theta: Theta, *, metadata: dict[str, Any] | No
       metadata: optional JSON-serialisable dict stored in the header (e.g. training details).
     """
     hidden_size = policy_hidden_size(theta)
+    _write(path, theta, _architecture(hidden_size), FEATURE_SET, metadata)
+
+
+def _write(path, theta, architecture: dict, feature_set: dict, metadata: dict | None) -> None:
     weights = jax.tree.map(lambda a: np.asarray(a, np.float32), theta)
     payload = serialization.msgpack_serialize(weights)
     header = {
         "format_version": FORMAT_VERSION,
-        "architecture": _architecture(hidden_size),
-        "features": FEATURE_SET,
+        "architecture": architecture,
+        "features": feature_set,
         "dtype": "float32",
         "payload_bytes": len(payload),
         "payload_sha256": hashlib.sha256(payload).hexdigest(),
@@ -141,6 +158,19 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
     return header, payload
 
 
+def _read_verified(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
+    """``_read`` plus the payload's size and checksum against the header."""
+    header, payload = _read(path)
+    if len(payload) != header.get("payload_bytes") or (
+        hashlib.sha256(payload).hexdigest() != header.get("payload_sha256")
+    ):
+        raise PolicyFileError(
+            f"{os.fspath(path)} is truncated or corrupt: weights are {len(payload)} bytes, header "
+            f"says {header.get('payload_bytes')} (or the checksum differs)"
+        )
+    return header, payload
+
+
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON header of a policy file (architecture, feature set, metadata, ...)."""
     return _read(path)[0]
@@ -155,15 +185,8 @@ def load(path: str | os.PathLike) -> Theta:
         architecture. The message names the file.
       FileNotFoundError: no such file (the message names it).
     """
-    header, payload = _read(path)
+    header, payload = _read_verified(path)
     path = os.fspath(path)
-    if len(payload) != header.get("payload_bytes") or (
-        hashlib.sha256(payload).hexdigest() != header.get("payload_sha256")
-    ):
-        raise PolicyFileError(
-            f"{path} is truncated or corrupt: weights are {len(payload)} bytes, header says "
-            f"{header.get('payload_bytes')} (or the checksum differs)"
-        )
     architecture = header["architecture"]
     if architecture.get("name") != ARCHITECTURE_NAME or header["features"] != FEATURE_SET:
         raise PolicyFileError(
@@ -181,5 +204,70 @@ def load(path: str | os.PathLike) -> Theta:
         raise PolicyFileError(
             f"{path}: weights have {hidden_size} LSTM cells, header says "
             f"{architecture.get('hidden_size')}"
+        )
+    return theta
+
+
+# --- Andrychowicz et al. 2016's L2L optimizer (metaopt.optimizers.l2l), a baseline -------------
+
+L2L_FEATURE_SET = {
+    "name": "andrychowicz-2016-log-sign",
+    "dim": l2l.INPUT_DIM,
+    "p": l2l.PREPROCESS_P,
+    "features": ["log(|g|)/p if |g| >= exp(-p) else -1", "sign(g) if |g| >= exp(-p) else exp(p)*g"],
+}
+
+
+def _l2l_architecture(hidden_size: int, num_layers: int) -> dict[str, Any]:
+    return {
+        "name": l2l.ARCHITECTURE_NAME,
+        "hidden_size": hidden_size,
+        "num_layers": num_layers,
+        "gate_order": "ifgo",
+        "head": "linear",
+        "output_scale": l2l.OUTPUT_SCALE,
+        "output": "step",
+    }
+
+
+def save_l2l(
+    path: str | os.PathLike, theta: l2l.L2LTheta, *, metadata: dict[str, Any] | None = None
+) -> None:
+    """Writes L2L weights (:func:`metaopt.optimizers.l2l.init_l2l` layout) like :func:`save`."""
+    hidden_size, num_layers = l2l.l2l_shape(theta)
+    _write(path, theta, _l2l_architecture(hidden_size, num_layers), L2L_FEATURE_SET, metadata)
+
+
+def load_l2l(path: str | os.PathLike) -> l2l.L2LTheta:
+    """Reads L2L weights written by :func:`save_l2l`; returns ``theta`` (float32 jax arrays).
+
+    Raises:
+      PolicyFileError: not a metaopt file, another format version, truncated or corrupt, or a
+        file of another architecture (e.g. the GPS policy, which :func:`load` reads).
+    """
+    header, payload = _read_verified(path)
+    path = os.fspath(path)
+    architecture = header["architecture"]
+    if architecture.get("name") != l2l.ARCHITECTURE_NAME:
+        raise PolicyFileError(
+            f"{path} holds architecture {architecture.get('name')!r}, not "
+            f"{l2l.ARCHITECTURE_NAME!r}; load a GPS policy with metaopt.load"
+        )
+    if header["features"] != L2L_FEATURE_SET or architecture.get("output_scale") != l2l.OUTPUT_SCALE:
+        raise PolicyFileError(
+            f"{path} holds L2L weights for preprocessing {header['features']} and output scale "
+            f"{architecture.get('output_scale')!r}; this metaopt runs {L2L_FEATURE_SET} with "
+            f"output scale {l2l.OUTPUT_SCALE}"
+        )
+    try:
+        weights = serialization.msgpack_restore(payload)
+        theta = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), weights)
+        shape = l2l.l2l_shape(theta)
+    except Exception as err:  # msgpack raises several unrelated types on garbage
+        raise PolicyFileError(f"{path} has corrupt weights: {err}") from err
+    if shape != (architecture.get("hidden_size"), architecture.get("num_layers")):
+        raise PolicyFileError(
+            f"{path}: weights have {shape[1]} layers of {shape[0]} LSTM cells, header says "
+            f"{architecture.get('num_layers')} of {architecture.get('hidden_size')}"
         )
     return theta
