@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train train-tpu train-quick test test-slow experiments bench lint clean
+.PHONY: install train train-tpu train-quick train-l2l test test-slow experiments bench lint clean
 
 install: $(STAMP)
 
@@ -38,8 +38,19 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
+# The paper's Figs 1-5 (results/fig1..fig5) from the shipped GPS policy and L2L weights, then the
+# 2016 experiments (results/l2o2016). Baselines are tuned first if results/baselines is absent.
+# About 45 min on 2 CPU cores (figures; reruns reuse finished curves) + 20 min (2016).
+FIGURES := fig1_other_datasets fig2_larger_nets fig3_small_minibatch \
+           fig4_larger_nets_small_minibatch fig5_long_horizon
 experiments: install
-	$(PY) experiments/baselines.py --config paper --out results/baselines
+	test -f results/baselines/results.json || $(PY) experiments/baselines.py --config paper --out results/baselines
+	for f in $(FIGURES); do $(PY) experiments/$$f.py || exit 1; done
+	for f in logistic robust net; do $(PY) experiments/l2o2016_$$f.py || exit 1; done
+
+# Re-meta-train the L2L baseline (Andrychowicz et al. 2016) into metaopt/assets/l2l.metaopt (~35 min).
+train-l2l: install
+	$(PY) experiments/train_l2l.py --budget-minutes 30
 
 bench: install
 	$(PY) benchmarks/rollout.py

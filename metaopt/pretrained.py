@@ -21,8 +21,10 @@ from metaopt.serialization import load
 
 POLICY_FILE = "policy.metaopt"
 INFO_FILE = "policy.json"
+L2L_FILE = "l2l.metaopt"   # the L2L baseline (Andrychowicz et al. 2016): experiments/train_l2l.py
 
-__all__ = ["POLICY_FILE", "pretrained", "pretrained_info", "pretrained_path"]
+__all__ = ["L2L_FILE", "POLICY_FILE", "pretrained", "pretrained_info", "pretrained_l2l",
+           "pretrained_l2l_path", "pretrained_path"]
 
 
 def pretrained_path() -> str:
@@ -44,6 +46,28 @@ def pretrained(path: str | os.PathLike | None = None) -> Theta:
             f"--config paper --out results/train`) and copy results/train/{POLICY_FILE} there, "
             "or load your own file with metaopt.load(path).")
     return load(path)
+
+
+def pretrained_l2l_path() -> str:
+    """Where the shipped L2L baseline weights live."""
+    return os.fspath(resources.files("metaopt") / "assets" / L2L_FILE)
+
+
+def pretrained_l2l(path: str | os.PathLike | None = None):
+    """Loads the shipped meta-trained L2L baseline (or the file at ``path``) for ``l2l_opt``.
+
+    Raises:
+      FileNotFoundError: the file is absent, with how to make one.
+      metaopt.PolicyFileError: not an L2L weights file of this format version.
+    """
+    from metaopt.serialization import load_l2l
+
+    path = pretrained_l2l_path() if path is None else os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"no L2L weights at {path}. Meta-train them with `python experiments/train_l2l.py` "
+            "(writes metaopt/assets/l2l.metaopt).")
+    return load_l2l(path)
 
 
 def pretrained_info() -> dict[str, Any]:

@@ -114,3 +114,11 @@ def test_rerun_reuses_matching_curves_only(tmp_path, monkeypatch):
     figures.run_figure(spec, tmp_path, baselines_file=tmp_path / "b.json",
                        progress=lambda s: None)
     assert calls == [[{"learning_rate": 0.003}]]
+
+
+def test_learned_optimizers_shipped_and_missing(tmp_path):
+    found, missing = figures.learned_optimizers()
+    assert set(found) == {GPS, L2L} and not missing   # both weight files are committed
+    found, missing = figures.learned_optimizers(l2l_path=str(tmp_path / "none.metaopt"))
+    assert set(found) == {GPS}
+    assert "experiments/train_l2l.py" in missing[L2L]

@@ -134,7 +134,8 @@ def learned_optimizers(gps_path: str | None = None, l2l_path: str | None = None,
                        ) -> tuple[dict[str, LearnedOptimizer], dict[str, str]]:
     """The learned optimizers that are available, and why any is missing."""
     from metaopt.learned_optimizer import learned_opt
-    from metaopt.pretrained import pretrained, pretrained_path
+    from metaopt.optimizers.l2l import l2l_opt
+    from metaopt.pretrained import pretrained, pretrained_l2l, pretrained_l2l_path, pretrained_path
 
     found, missing = {}, {}
     try:
@@ -144,12 +145,10 @@ def learned_optimizers(gps_path: str | None = None, l2l_path: str | None = None,
     except FileNotFoundError as err:
         missing[GPS] = str(err)
     try:
-        from metaopt.optimizers.l2l import l2l_opt, load_l2l, pretrained_l2l_path
-
-        l2l_theta = load_l2l(l2l_path)
+        l2l_theta = pretrained_l2l(l2l_path)
         found[L2L] = LearnedOptimizer(lambda: l2l_opt(l2l_theta),
                                       sha256_of_file(l2l_path or pretrained_l2l_path()))
-    except (ImportError, FileNotFoundError) as err:
+    except FileNotFoundError as err:
         missing[L2L] = str(err)
     return found, missing
 
