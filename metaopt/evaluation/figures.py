@@ -328,6 +328,39 @@ def markdown_summary(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def overview_markdown(results_dir: str | Path = "results") -> str:
+    """One table over every committed figure (README's Results section is this text, verbatim).
+
+    Rows: figure × dataset; the GPS and L2L optimizers' final f, the best hand-designed baseline's,
+    the GPS optimizer's margins over its best competitor, and whether the paper's claim held.
+    """
+    lines = ["| figure | test task | GPS-learned final f | L2L final f | best baseline final f | "
+             "GPS margin final / AUC | claim held |", "|---|---|---|---|---|---|---|"]
+    for name in FIGURES:
+        path = Path(results_dir) / name / "table.json"
+        if not path.is_file():
+            continue
+        doc = json.loads(path.read_text())
+        spec = doc["spec"]
+        for dataset, row in doc["datasets"].items():
+            summary = row["summary"]
+            baselines = {n: s for n, s in summary.items() if n not in LEARNED}
+            best = min(baselines, key=lambda n: _finite_or_inf(baselines[n]["final_mean"]))
+
+            def cell(n, summary=summary):
+                s = summary.get(n)
+                return f"{s['final_mean']:.4f} ± {s['final_std']:.4f}" if s else "not run"
+
+            m = row["margins"].get(GPS)
+            held = "—" if m is None else ("yes" if m["wins_final"] and m["wins_auc"] else "no")
+            margins = "—" if m is None else f"{m['margin_final']:+.4f} / {m['margin_auc']:+.1f}"
+            lines.append(
+                f"| {name} | {row['net']} {dataset}, minibatch {spec['batch_size']}, "
+                f"{spec['num_steps']} steps | {cell(GPS)} | {cell(L2L)} | {best} {cell(best)} | "
+                f"{margins} | {held} |")
+    return "\n".join(lines) + "\n"
+
+
 def _first_line(message: str, dataset: str) -> str:
     if dataset == "tfd":
         return "not publicly distributed"
