@@ -122,3 +122,9 @@ def test_learned_optimizers_shipped_and_missing(tmp_path):
     found, missing = figures.learned_optimizers(l2l_path=str(tmp_path / "none.metaopt"))
     assert set(found) == {GPS}
     assert "experiments/train_l2l.py" in missing[L2L]
+
+
+def test_readme_shows_the_committed_figure_numbers():
+    """README's figure table is overview_markdown() of the committed results, verbatim."""
+    readme = (ROOT / "README.md").read_text()
+    assert figures.overview_markdown(ROOT / "results") in readme
