@@ -17,7 +17,7 @@ Unlike :func:`metaopt.learned_opt` it needs neither ``value`` nor ``params`` (on
 
 Example::
 
-  theta = metaopt.serialization.load_l2l("metaopt/assets/l2l.metaopt")  # or init_l2l(key)
+  theta = metaopt.pretrained.pretrained_l2l()   # the shipped weights, or init_l2l(key)
   tx = optax.chain(optax.clip_by_global_norm(1.0), l2l_opt(theta))
   state = tx.init(params)
   updates, state = tx.update(grads, state)
