@@ -40,13 +40,13 @@ test-slow: install
 
 # The paper's Figs 1-5 (results/fig1..fig5) from the shipped GPS policy and L2L weights, then the
 # 2016 experiments (results/l2o2016). Baselines are tuned first if results/baselines is absent.
-# About 45 min on 2 CPU cores (figures; reruns reuse finished curves) + 20 min (2016).
+# About 45 min on 2 CPU cores (figures; reruns reuse finished curves) + 50 min (2016, 3 GPS seeds).
 FIGURES := fig1_other_datasets fig2_larger_nets fig3_small_minibatch \
            fig4_larger_nets_small_minibatch fig5_long_horizon
 experiments: install
 	test -f results/baselines/results.json || $(PY) experiments/baselines.py --config paper --out results/baselines
 	for f in $(FIGURES); do $(PY) experiments/$$f.py || exit 1; done
-	for f in logistic robust net; do $(PY) experiments/l2o2016_$$f.py || exit 1; done
+	for f in logistic robust net; do $(PY) experiments/l2o2016_$$f.py --gps-seeds 0,1,2 || exit 1; done
 
 # Re-meta-train the L2L baseline (Andrychowicz et al. 2016) into metaopt/assets/l2l.metaopt (~35 min).
 train-l2l: install

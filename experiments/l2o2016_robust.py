@@ -3,7 +3,9 @@
   .venv/bin/python experiments/l2o2016_robust.py          # full: results/l2o2016/robust/
   .venv/bin/python experiments/l2o2016_robust.py --tiny   # seconds (CI): results/l2o2016-quick/robust/
 
-GPS-trained MLP vs GD, momentum, CG, L-BFGS tuned on the training objectives (and the shipped LSTM);
+GPS-trained MLP and per-coordinate LSTM (`lstm_gps`) vs GD, momentum, CG, L-BFGS tuned on the
+training objectives (and the shipped LSTM); `--gps-seeds 0,1,2` repeats GPS with other seeds (the
+results were made so);
 see metaopt/l2o2016/experiment.py for what is written.
 """
 

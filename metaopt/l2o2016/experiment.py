@@ -3,15 +3,17 @@
 ``run_experiment("logistic", "results/l2o2016/logistic")`` meta-trains the MLP policy by dense
 MDGPS (:mod:`metaopt.l2o2016.gps`) on the family's training objectives, tunes GD, momentum, CG and
 L-BFGS on the same objectives (fewest divergences, then lowest mean Σ_t f over T = 40 steps), runs
-everything (plus the shipped per-coordinate LSTM, ``metaopt.pretrained()``, untouched) on the
-100 test objectives for ``eval_steps`` steps and writes
+everything (plus the repo's per-coordinate LSTM meta-trained by the same GPS, ``lstm_gps``, and the
+shipped one, ``metaopt.pretrained()``, untouched) on the 100 test objectives for ``eval_steps``
+steps and writes
 
   results.json   config, GPS log, per optimizer: hyperparameters, summary at t = T and at the
                  last step, all test curves
   summary.csv    the table at t = T (the training horizon)
   margin.png     mean margin of victory over the test objectives vs iteration
   curves.png     median and interquartile range of f(x_t) per optimizer
-  policy.msgpack the trained MLP (``metaopt.l2o2016.policy.load_mlp``)
+  policy.msgpack the trained MLP (``metaopt.l2o2016.policy.load_mlp``), first GPS seed
+  lstm_policy.metaopt  the GPS-trained LSTM (``metaopt.load``; run it with ``metaopt.learned_opt``)
 """
 
 from __future__ import annotations
@@ -34,15 +36,22 @@ from metaopt.l2o2016.evaluate import (
     summary_row,
     tune_on_family,
 )
-from metaopt.l2o2016.gps import GPSConfig, default_keys, run_gps
-from metaopt.l2o2016.policy import l2o2016_opt, save_mlp
+from metaopt.l2o2016.gps import GPSConfig, default_keys, policy_transformation, run_gps
+from metaopt.l2o2016.policy import save_mlp
 from metaopt.optimizers import BASELINES
+from metaopt.serialization import save
 from metaopt.tasks.l2o2016 import objective_split
 
 BASELINE_NAMES = {"gd": "sgd", "momentum": "momentum", "cg": "conjugate_gradient",
                   "lbfgs": "lbfgs"}
 LEARNED = "mlp_gps"
 LSTM = "lstm_pretrained"
+POLICY_ROWS = {"mlp": LEARNED, "lstm": "lstm_gps"}
+POLICY_DESCRIPTIONS = {
+    "mlp": "2016 MLP (50 softplus) by dense MDGPS",
+    "lstm": "metaopt.policy per-coordinate LSTM (hidden 32) by the same dense MDGPS, BPTT S-step, "
+            "run through metaopt.learned_opt",
+}
 COMPETITORS = (LEARNED, *BASELINE_NAMES)          # the 2016 paper's comparison set
 
 FULL_CONFIGS = {
@@ -64,10 +73,36 @@ def _head(tree, count: int):
     return jax.tree.map(lambda a: a[:count], tree)
 
 
+def _summaries(curves, step: int) -> dict[str, dict[str, float]]:
+    cut = {n: c[:, : step + 1] for n, c in curves.items()}
+    return {n: summary_row(cut, n, COMPETITORS if n in COMPETITORS else (*COMPETITORS, n))
+            for n in curves}
+
+
+def seed_spread(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Mean ± std over GPS seeds of each learned policy's summary numbers (test set, t = T)."""
+    spread = {}
+    for name in per_seed[0]:
+        rows = [s[name] for s in per_seed if name in s]
+        spread[name] = {"seeds": len(rows)}
+        for key in ("final_mean", "final_median", "auc_mean", "win_fraction", "diverged",
+                    "final_margin_mean"):
+            values = np.asarray([r[key] for r in rows], np.float64)
+            spread[name][key] = [float(values.mean()), float(values.std())]
+    return spread
+
+
 def run_experiment(family: str, out_dir: str | Path, *, tiny: bool = False, seed: int = 0,
+                   gps_seeds: tuple[int, ...] = (0,), policies: tuple[str, ...] = ("mlp", "lstm"),
                    eval_steps: int = 100, with_lstm: bool = True,
                    config: GPSConfig | None = None, verbose: bool = True) -> dict[str, Any]:
-    """Run and write one family's experiment (module docs); returns the results document."""
+    """Run and write one family's experiment (module docs); returns the results document.
+
+    ``seed`` fixes the objective split and x_0; ``gps_seeds`` are GPS's own seeds (sampling noise,
+    policy initialisation). The main table uses the first GPS seed; results.json's ``seeds``
+    holds every seed's learned rows (scored against that seed's MLP) and their spread. The files
+    are rewritten after every seed, so an interrupted run keeps the seeds it finished.
+    """
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,7 +112,7 @@ def run_experiment(family: str, out_dir: str | Path, *, tiny: bool = False, seed
     if tiny:
         train, test = _head(train, TINY["train"]), _head(test, TINY["test"])
         config = config._replace(horizon=TINY["horizon"], iterations=1, num_samples=5,
-                                 s_step_iterations=20)
+                                 s_step_iterations=20, lstm_s_step_iterations=10)
         eval_steps = TINY["eval_steps"]
     n_train, n_test = jax.tree.leaves(train)[0].shape[0], jax.tree.leaves(test)[0].shape[0]
     train_keys, test_keys = default_keys(seed, n_train), objective_keys(2000 + seed, n_test)
@@ -85,20 +120,7 @@ def run_experiment(family: str, out_dir: str | Path, *, tiny: bool = False, seed
     say = print if verbose else (lambda *a, **k: None)
 
     t0 = time.perf_counter()
-    gps = run_gps(train, train_keys, config, log_fn=lambda e: say(
-        f"[{family}] GPS {e['iteration']}: controllers {e['controller_cost']:.4g}, policy "
-        f"{e['policy_train_auc']:.4g} (momentum {e['momentum_train_auc']:.4g}), "
-        f"{e['seconds']:.1f} s", flush=True))
-    gps_seconds = time.perf_counter() - t0
-    theta = gps["theta"]
-    save_mlp(out / "policy.msgpack", theta, metadata={"family": family, "seed": seed,
-                                                       "train_auc": gps["best_train_auc"]})
-
-    t0 = time.perf_counter()
     curves, details = {}, {}
-    curves[LEARNED] = np.asarray(family_curves(l2o2016_opt, theta, test, test_keys,
-                                               num_steps=eval_steps), np.float64)
-    details[LEARNED] = {"hyperparams": {}, "description": "2016 MLP (50 softplus) by dense MDGPS"}
     for name, key in BASELINE_NAMES.items():
         spec = BASELINES[key]
         grid = spec.grid_points()
@@ -116,32 +138,65 @@ def run_experiment(family: str, out_dir: str | Path, *, tiny: bool = False, seed
                                                 num_steps=eval_steps), np.float64)
         details[LSTM] = {"hyperparams": {}, "description": "metaopt.pretrained() per-coordinate "
                          "LSTM (meta-trained on MNIST 48-48-10), not retrained"}
-    eval_seconds = time.perf_counter() - t0
+    baseline_seconds = time.perf_counter() - t0
 
-    tables = {}
-    for step in sorted({horizon, eval_steps}):
-        cut = {n: c[:, : step + 1] for n, c in curves.items()}
-        tables[step] = {n: summary_row(cut, n, COMPETITORS if n in COMPETITORS
-                                       else (*COMPETITORS, n)) for n in curves}
-    doc = {
-        "meta": {"family": family, "tiny": tiny, "seed": seed, "train_objectives": n_train,
-                 "test_objectives": n_test, "horizon": horizon, "eval_steps": eval_steps,
-                 "gps_config": config._asdict(), "gps_seconds": gps_seconds,
-                 "eval_seconds": eval_seconds, "wall_seconds": time.perf_counter() - started,
-                 "machine": machine_description(), "commit": git_commit(),
-                 "margin_sign": "f(optimizer) - min over the other 2016 competitors; "
-                                "negative = optimizer ahead"},
-        "gps_log": gps["log"],
-        "gps_momentum_init": gps["momentum"],
-        "summary": {str(step): rows for step, rows in tables.items()},
-        "optimizers": {n: {**details[n], "test_curves": curves[n].tolist()} for n in curves},
-    }
-    (out / "results.json").write_text(json.dumps(doc, indent=1, allow_nan=True))
-    _write_csv(out / "summary.csv", tables[horizon], details)
-    _plot_margin(out / "margin.png", curves, family, horizon)
-    _plot_curves(out / "curves.png", curves, family, horizon)
-    doc["meta"]["wall_seconds"] = time.perf_counter() - started
-    (out / "results.json").write_text(json.dumps(doc, indent=1, allow_nan=True))
+    gps_logs, per_seed, gps_seconds, main_curves = {}, [], {}, {}
+    for gps_seed in gps_seeds:
+        seed_curves = {}
+        for kind in policies:
+            name = POLICY_ROWS[kind]
+            t0 = time.perf_counter()
+            gps = run_gps(train, train_keys, config._replace(seed=gps_seed, policy_kind=kind),
+                          log_fn=lambda e, name=name, gps_seed=gps_seed: say(
+                              f"[{family} {name} seed {gps_seed}] GPS {e['iteration']}: "
+                              f"controllers {e['controller_cost']:.4g}, policy "
+                              f"{e['policy_train_auc']:.4g} (momentum "
+                              f"{e['momentum_train_auc']:.4g}), {e['seconds']:.1f} s", flush=True))
+            gps_seconds[f"{name}/{gps_seed}"] = time.perf_counter() - t0
+            gps_logs[f"{name}/{gps_seed}"] = gps["log"]
+            theta = gps["theta"]
+            seed_curves[name] = np.asarray(family_curves(
+                policy_transformation(kind), theta, test, test_keys, num_steps=eval_steps),
+                np.float64)
+            if gps_seed == gps_seeds[0]:
+                meta = {"family": family, "split_seed": seed, "gps_seed": gps_seed,
+                        "train_auc": gps["best_train_auc"]}
+                if kind == "mlp":
+                    save_mlp(out / "policy.msgpack", theta, metadata=meta)
+                else:
+                    save(out / "lstm_policy.metaopt", theta, metadata=meta)
+        per_seed.append({n: row for n, row in _summaries(
+            {**{n: curves[n] for n in BASELINE_NAMES}, **seed_curves}, horizon).items()
+            if n in seed_curves})
+        if gps_seed == gps_seeds[0]:
+            main_curves = seed_curves
+            for kind in policies:
+                details[POLICY_ROWS[kind]] = {"hyperparams": {},
+                                              "description": POLICY_DESCRIPTIONS[kind]}
+        all_curves = {**main_curves, **curves}
+        tables = {step: _summaries(all_curves, step) for step in sorted({horizon, eval_steps})}
+        doc = {
+            "meta": {"family": family, "tiny": tiny, "seed": seed, "gps_seeds": list(gps_seeds),
+                     "gps_seeds_done": len(per_seed), "train_objectives": n_train,
+                     "test_objectives": n_test, "horizon": horizon, "eval_steps": eval_steps,
+                     "gps_config": config._asdict(), "gps_seconds": gps_seconds,
+                     "baseline_seconds": baseline_seconds,
+                     "wall_seconds": time.perf_counter() - started,
+                     "machine": machine_description(), "commit": git_commit(),
+                     "margin_sign": "f(optimizer) - min over the other 2016 competitors; "
+                                    "negative = optimizer ahead"},
+            "gps_log": gps_logs,
+            "seeds": {"per_seed": {str(s): rows for s, rows in zip(
+                gps_seeds[:len(per_seed)], per_seed, strict=True)},
+                      "spread": seed_spread(per_seed)},
+            "summary": {str(step): rows for step, rows in tables.items()},
+            "optimizers": {n: {**details[n], "test_curves": c.tolist()}
+                           for n, c in all_curves.items()},
+        }
+        (out / "results.json").write_text(json.dumps(doc, indent=1, allow_nan=True))
+        _write_csv(out / "summary.csv", tables[horizon], details)
+        _plot_margin(out / "margin.png", all_curves, family, horizon)
+        _plot_curves(out / "curves.png", all_curves, family, horizon)
     return doc
 
 
@@ -177,8 +232,8 @@ def _plot_margin(path: Path, curves, family: str, horizon: int) -> None:
     """Mean (solid) and median (dashed) margin; symlog y so a few diverged runs stay readable."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    steps = np.arange(curves[LEARNED].shape[1])
-    for name in [n for n in (LEARNED, LSTM) if n in curves]:
+    steps = np.arange(next(iter(curves.values())).shape[1])
+    for name in [n for n in (LEARNED, "lstm_gps", LSTM) if n in curves]:
         margin = margin_of_victory(curves, name, COMPETITORS if name == LEARNED
                                    else (*COMPETITORS, name))
         margin = np.where(np.isfinite(margin), margin, np.nan)
@@ -190,7 +245,8 @@ def _plot_margin(path: Path, curves, family: str, horizon: int) -> None:
     ax.set_yscale("symlog", linthresh=1e-3)
     ax.set_xlabel("iteration")
     ax.set_ylabel("f(learned) − min f(GD, momentum, CG, L-BFGS)")
-    ax.set_title(f"{family}: margin of victory over {curves[LEARNED].shape[0]} test objectives "
+    ax.set_title(f"{family}: margin of victory over {len(next(iter(curves.values())))} "
+                 "test objectives "
                  "(below 0 = learned ahead)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -236,7 +292,9 @@ def main(family: str, argv=None) -> None:
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke run (CI)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-lstm", action="store_true")
+    parser.add_argument("--no-lstm", action="store_true", help="skip the shipped LSTM row")
+    parser.add_argument("--gps-seeds", default="0", help="comma-separated GPS seeds, e.g. 0,1,2")
+    parser.add_argument("--policies", default="mlp,lstm", help="GPS-trained policies: mlp,lstm")
     parser.add_argument("--replot", action="store_true", help="redraw the PNGs from results.json")
     args = parser.parse_args(argv)
     out = args.out or (f"results/l2o2016-quick/{family}" if args.tiny
@@ -245,6 +303,9 @@ def main(family: str, argv=None) -> None:
         replot(out)
         return
     doc = run_experiment(family, out, tiny=args.tiny, seed=args.seed,
-                         with_lstm=not args.no_lstm)
+                         gps_seeds=tuple(int(v) for v in args.gps_seeds.split(",")),
+                         policies=tuple(args.policies.split(",")), with_lstm=not args.no_lstm)
     print(markdown_rows(Path(out) / "summary.csv"))
-    print(f"wall time {doc['meta']['wall_seconds']:.0f} s (GPS {doc['meta']['gps_seconds']:.0f} s)")
+    print(json.dumps(doc["seeds"]["spread"]))
+    print(f"wall time {doc['meta']['wall_seconds']:.0f} s (GPS "
+          f"{sum(doc['meta']['gps_seconds'].values()):.0f} s)")

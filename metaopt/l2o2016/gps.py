@@ -20,8 +20,14 @@ observation o_t (:mod:`metaopt.l2o2016.features`), as GPS allows. One iteration:
 3. MDGPS C-step (Montgomery & Levine 2016): ``metaopt.gps.eta_search`` per condition under
    Σ_t KL(ψ_new ‖ π_lin) ≤ T·kl_step·m_c, where π_lin is the MLP's mean regressed on s over the
    samples plus Σ^π. At iteration 0 the reference is the sampling (momentum) controller.
-4. S-step: Adam on ½(μ_ω(o) − (K s + k))ᵀ G⁻¹ (μ_ω(o) − (K s + k)) over all samples, G⁻¹
-   normalised by its median trace and clipped at twice the median, as in the reference.
+4. S-step (:mod:`metaopt.l2o2016.s_step`): Adam on ½(μ_ω(o) − (K s + k))ᵀ G⁻¹ (μ_ω(o) − (K s + k))
+   over all samples, G⁻¹ normalised by its median trace and clipped at twice the median, as in
+   the reference.
+
+``policy_kind="lstm"`` runs the same loop with the repo's per-coordinate LSTM (``metaopt.policy``,
+shipped as ``metaopt.learned_opt``) in place of the MLP: it samples on-policy from the LSTM on Ψ
+(:mod:`metaopt.features`), π_lin regresses the LSTM's mean steps on s, and the S-step fits it by
+back-propagation through time on the sampled trajectories.
 
 The initial controllers are heavy-ball momentum tuned per condition on a grid (μ 0.82–0.92,
 γ 0.025–1.6, final f of a noise-free run), as in the authors' code.
@@ -39,6 +45,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from metaopt import features as lstm_features
 from metaopt.gps import (
     LinearGaussianController,
     QuadraticCost,
@@ -55,6 +62,19 @@ from metaopt.gps import (
 from metaopt.l2o2016 import features
 from metaopt.l2o2016.evaluate import auc, family_curves, objective_keys
 from metaopt.l2o2016.policy import apply_mlp, init_mlp, l2o2016_opt
+from metaopt.l2o2016.s_step import (
+    lstm_means,
+    lstm_s_step,
+    lstm_s_step_data,
+    lstm_s_step_loss,
+    s_step,
+    s_step_data,
+    s_step_loss,
+    trainable,
+    whiten,
+)
+from metaopt.learned_optimizer import learned_opt
+from metaopt.policy import apply_policy, init_carry, init_policy, policy_hidden_size
 
 
 class GPSConfig(NamedTuple):
@@ -77,16 +97,22 @@ class GPSConfig(NamedTuple):
     hidden: int = 50
     on_policy: bool = True
     seed: int = 0
+    policy_kind: str = "mlp"            # or "lstm": metaopt.policy's per-coordinate LSTM
+    lstm_hidden: int = 32
+    lstm_init_step: float = 0.01
+    lstm_s_step_iterations: int = 400
+    lstm_batch_size: int = 32           # trajectories per minibatch (× d coordinate sequences)
 
 
 class Samples(NamedTuple):
     """One iteration's rollouts: states ``(C, N, T + 1, 3d)``, observations ``(C, N, T, dO)``,
-    actions ``(C, N, T, d)``, values f(x_t) ``(C, N, T + 1)``."""
+    actions ``(C, N, T, d)``, values f(x_t) ``(C, N, T + 1)``, the LSTM's Ψ ``(C, N, T, d, 3)``."""
 
     states: jax.Array
     observations: jax.Array
     actions: jax.Array
     values: jax.Array
+    psi: jax.Array
 
 
 class FlatProblem(NamedTuple):
@@ -122,43 +148,70 @@ def momentum_controllers(learning_rate, momentum, dim: int, horizon: int,
         covariance=jnp.broadcast_to(variance * eye, (count, horizon, dim, dim)))
 
 
-def _rollout_one(problem: FlatProblem, history: int, theta, on_policy, task, x0, controller,
-                 chol, noise):
+def _rollout_one(problem: FlatProblem, history: int, kind: str, theta, on_policy, task, x0,
+                 controller, chol, noise):
     dim = x0.shape[0]
 
     def step(carry, xs):
-        x, a_prev, hist = carry
+        x, a_prev, hist, psi_hist, prev_value, lstm_carry = carry
         gain, bias, root, eps = xs
         value, grad = jax.value_and_grad(problem.loss)(x, task)
+        # Ψ exactly as metaopt.learned_opt computes it on the flattened params.
+        change = lstm_features.relative_objective_change(psi_hist.count, value, prev_value)
+        psi, psi_hist = lstm_features.observation_features(psi_hist, x, grad, change)
         hist = features.push(hist, value, grad)
         state = jnp.concatenate([x, grad, a_prev])
         obs = features.observation(hist)
-        mean = jnp.where(on_policy, apply_mlp(theta, obs), gain @ state + bias)
+        if kind == "lstm":
+            lstm_carry, policy_mean = apply_policy(theta, lstm_carry, psi)
+        else:
+            policy_mean = apply_mlp(theta, obs)
+        mean = jnp.where(on_policy, policy_mean, gain @ state + bias)
         action = mean + root @ eps
-        return (x + action, action, hist), (state, obs, action, value)
+        carry = (x + action, action, hist, psi_hist, value.astype(jnp.float32), lstm_carry)
+        return carry, (state, obs, action, value, psi)
 
-    init = (x0, jnp.zeros_like(x0), features.init_history(dim, history, x0.dtype))
-    (x_end, a_end, _), (states, obs, actions, values) = jax.lax.scan(
+    lstm_carry = init_carry(x0, policy_hidden_size(theta)) if kind == "lstm" else ()
+    init = (x0, jnp.zeros_like(x0), features.init_history(dim, history, x0.dtype),
+            lstm_features.init_observation_history(x0), jnp.zeros((), jnp.float32), lstm_carry)
+    (x_end, a_end, *_), (states, obs, actions, values, psi) = jax.lax.scan(
         step, init, (controller.gain, controller.bias, chol, noise))
     value, grad = jax.value_and_grad(problem.loss)(x_end, task)
     states = jnp.concatenate([states, jnp.concatenate([x_end, grad, a_end])[None]])
-    return states, obs, actions, jnp.concatenate([values, value[None]])
+    return states, obs, actions, jnp.concatenate([values, value[None]]), psi
 
 
-@partial(jax.jit, static_argnames=("problem", "history"))
+@partial(jax.jit, static_argnames=("problem", "history", "kind"))
 def rollout(problem: FlatProblem, tasks, x0, controller: LinearGaussianController,
-            noise: jax.Array, *, history: int, theta=None, on_policy=False) -> Samples:
+            noise: jax.Array, *, history: int, theta=None, on_policy=False,
+            kind: str = "mlp") -> Samples:
     """N samples per condition, noise ``(C, N, T, d)`` standard normal scaled by chol(G_t).
 
-    The mean action is the controller's K_t s + k_t, or μ_ω(o_t) of ``theta`` if ``on_policy``
-    (then only the controller's covariance is used).
+    The mean action is the controller's K_t s + k_t, or the policy ``theta``'s mean if
+    ``on_policy`` (then only the controller's covariance is used): μ_ω(o_t) of the MLP
+    (``kind="mlp"``) or the per-coordinate LSTM's step on Ψ (``kind="lstm"``).
     """
     chol = jnp.linalg.cholesky(controller.covariance)
     if theta is None:
-        theta = init_mlp(jax.random.key(0), x0.shape[-1], history=history)
-    per_sample = jax.vmap(partial(_rollout_one, problem, history, theta, on_policy),
+        theta = init_policy_of(kind, jax.random.key(0), x0.shape[-1], GPSConfig(history=history))
+    per_sample = jax.vmap(partial(_rollout_one, problem, history, kind, theta, on_policy),
                           in_axes=(None, None, None, None, 0))
     return Samples(*jax.vmap(per_sample)(tasks, x0, controller, chol, noise))
+
+
+def init_policy_of(kind: str, key: jax.Array, dim: int, config: GPSConfig):
+    """Fresh weights of the ``kind`` policy (``"mlp"`` or ``"lstm"``)."""
+    if kind == "lstm":
+        return init_policy(key, hidden_size=config.lstm_hidden,
+                           init_step_size=config.lstm_init_step)
+    if kind != "mlp":
+        raise ValueError(f"policy_kind must be 'mlp' or 'lstm', got {kind!r}.")
+    return init_mlp(key, dim, history=config.history, hidden=config.hidden)
+
+
+def policy_transformation(kind: str):
+    """The optax transformation that runs a trained policy on a task."""
+    return learned_opt if kind == "lstm" else l2o2016_opt
 
 
 def tune_momentum(problem: FlatProblem, tasks, x0, config: GPSConfig):
@@ -259,72 +312,6 @@ def c_step(cost, dynamics, reference, fallback, budget, eta):
     return result, predicted
 
 
-class SStepData(NamedTuple):
-    """Flattened points: observations ``(P, dO)``, targets ``(P, d)``, precisions ``(P, d, d)``."""
-
-    observations: jax.Array
-    targets: jax.Array
-    precisions: jax.Array
-
-
-def s_step_data(samples: Samples, controller: LinearGaussianController,
-                valid: jax.Array) -> SStepData:
-    """Targets K_t s + k_t at the samples and normalised precisions G_t⁻¹ (module docs).
-
-    ``valid`` ``(C,)``: conditions whose samples are finite; the others get zero weight.
-    """
-    states = jnp.where(valid[:, None, None, None], samples.states[:, :, :-1], 0.0)
-    observations = jnp.where(valid[:, None, None, None], samples.observations, 0.0)
-    targets = (jnp.einsum("ctux,cntx->cntu", controller.gain, states)
-               + controller.bias[:, None])
-    precision = jnp.linalg.inv(controller.covariance)                  # (C, T, d, d)
-    scale = jnp.trace(precision, axis1=-2, axis2=-1) / precision.shape[-1]
-    median = jnp.median(jnp.where(valid[:, None], scale, jnp.nan)[valid])
-    precision = precision * (jnp.minimum(scale, 2 * median) / (scale * median))[..., None, None]
-    precision = jnp.where(valid[:, None, None, None], precision, 0.0)
-    precision = jnp.broadcast_to(precision[:, None], targets.shape + targets.shape[-1:])
-    dim_o, dim = observations.shape[-1], targets.shape[-1]
-    return SStepData(observations.reshape(-1, dim_o).astype(jnp.float32),
-                     jnp.where(valid[:, None, None, None], targets, 0.0).reshape(-1, dim)
-                     .astype(jnp.float32),
-                     precision.reshape(-1, dim, dim).astype(jnp.float32))
-
-
-def s_step_loss(theta, data: SStepData) -> jax.Array:
-    error = apply_mlp(theta, data.observations) - data.targets
-    return 0.5 * jnp.einsum("pi,pij,pj->p", error, data.precisions, error).mean()
-
-
-def _trainable(theta):
-    return {"hidden": theta["hidden"], "out": theta["out"]}
-
-
-@partial(jax.jit, static_argnames=("optimizer", "num_steps", "batch_size"))
-def s_step(theta, opt_state, data: SStepData, key, *, optimizer, num_steps: int,
-           batch_size: int):
-    """``num_steps`` Adam steps on random minibatches; whitening stays fixed."""
-    count = data.targets.shape[0]
-    batches = jax.random.randint(key, (num_steps, min(batch_size, count)), 0, count)
-
-    def loss(weights, batch):
-        return s_step_loss({**theta, **weights}, jax.tree.map(lambda a: a[batch], data))
-
-    def step(carry, batch):
-        weights, opt_state = carry
-        value, grads = jax.value_and_grad(loss)(weights, batch)
-        updates, opt_state = optimizer.update(grads, opt_state, weights)
-        return (optax.apply_updates(weights, updates), opt_state), value
-
-    (weights, opt_state), _ = jax.lax.scan(step, (_trainable(theta), opt_state), batches)
-    return {**theta, **weights}, opt_state
-
-
-def whiten(theta, observations: jax.Array):
-    """θ with obs_mean / obs_scale from these observations ``(P, dO)`` (std floored at 1e-4)."""
-    return {**theta, "obs_mean": observations.mean(0),
-            "obs_scale": jnp.maximum(observations.std(0), 1e-4)}
-
-
 def _to64(tree):
     return jax.tree.map(lambda a: np.asarray(a, np.float64), jax.device_get(tree))
 
@@ -349,8 +336,8 @@ def run_gps(tasks, keys, config: GPSConfig | None = None, *, log_fn=None) -> dic
     previous controller (and resampled) with m_c halved.
 
     Returns a dict: ``theta`` (the policy with the lowest training meta-loss Σ_t f over the
-    iterations, noise-free through ``l2o2016_opt``), ``last_theta``, ``log`` (one dict per
-    iteration), ``momentum`` (the tuned initial (γ, μ) per condition).
+    iterations, noise-free through ``l2o2016_opt`` or, for the LSTM, ``metaopt.learned_opt``),
+    ``last_theta``, ``log`` (one dict per iteration), ``momentum`` (the tuned initial (γ, μ) per condition).
     """
     config = GPSConfig() if config is None else config
     problem, x0 = flat_problem(tasks, keys)
@@ -360,10 +347,10 @@ def run_gps(tasks, keys, config: GPSConfig | None = None, *, log_fn=None) -> dic
     controller = jax.device_get(momentum_controllers(lr, mu, dim, horizon,
                                                      config.initial_variance))
     key = jax.random.key(config.seed)
-    theta = init_mlp(jax.random.fold_in(key, 1), dim, history=config.history,
-                     hidden=config.hidden)
+    kind = config.policy_kind
+    theta = init_policy_of(kind, jax.random.fold_in(key, 1), dim, config)
     optimizer = optax.adam(config.s_step_learning_rate)
-    opt_state = optimizer.init(_trainable(theta))
+    opt_state = optimizer.init(trainable(theta) if kind == "mlp" else theta)
     eta, multiplier = np.ones(count), np.ones(count)
     # Σ^π: fixed exploration of the policy's samples and covariance of π_lin (a covariance taken
     # from the controllers grew from iteration to iteration and the samples diverged).
@@ -383,7 +370,7 @@ def run_gps(tasks, keys, config: GPSConfig | None = None, *, log_fn=None) -> dic
             sampler = sampler._replace(covariance=jnp.broadcast_to(
                 exploration, sampler.covariance.shape))
         samples = rollout(problem, tasks, x0, sampler, noise, history=config.history,
-                          theta=theta, on_policy=on_policy)
+                          theta=theta, on_policy=on_policy, kind=kind)
         cost_now = np.asarray(samples.values[:, :, 1:].sum(-1), np.float64).mean(1)
         rolled_back = np.zeros(count, bool)
         if previous is not None:
@@ -404,7 +391,7 @@ def run_gps(tasks, keys, config: GPSConfig | None = None, *, log_fn=None) -> dic
                 cost_now = np.asarray(samples.values[:, :, 1:].sum(-1), np.float64).mean(1)
         # Diverged samples (non-finite, or cost doubled) would swamp the regressions: skip them.
         valid = _finite_conditions(samples) & ~rolled_back
-        if iteration == 0:
+        if iteration == 0 and kind == "mlp":
             flat_obs = samples.observations[valid].reshape(-1, samples.observations.shape[-1])
             theta = whiten(theta, flat_obs)
         budget = multiplier * config.kl_step * horizon
@@ -416,7 +403,8 @@ def run_gps(tasks, keys, config: GPSConfig | None = None, *, log_fn=None) -> dic
             if iteration == 0:
                 reference = fallback
             else:
-                means = apply_mlp(theta, samples.observations)
+                means = (lstm_means(theta, samples.psi) if kind == "lstm"
+                         else apply_mlp(theta, samples.observations))
                 reference = _to64(linearize_policy(
                     samples.states, means, jnp.broadcast_to(exploration, (count, dim, dim)),
                     prior_strength=config.policy_prior_strength, ridge=config.policy_ridge))
@@ -427,14 +415,18 @@ def run_gps(tasks, keys, config: GPSConfig | None = None, *, log_fn=None) -> dic
                                                        result.controller), controller)
         previous = (controller, cost_now, np.where(failed, 0.0, np.asarray(predicted)))
         eta = np.where(failed, eta, np.asarray(result.eta))
-        data = s_step_data(samples, jax.tree.map(jnp.asarray, new_controller), jnp.asarray(valid))
+        make_data, loss_fn, fit = ((lstm_s_step_data, lstm_s_step_loss, partial(
+            lstm_s_step, num_steps=config.lstm_s_step_iterations,
+            batch_size=config.lstm_batch_size)) if kind == "lstm" else (s_step_data, s_step_loss,
+            partial(s_step, num_steps=config.s_step_iterations,
+                    batch_size=config.s_step_batch_size)))
+        data = make_data(samples, jax.tree.map(jnp.asarray, new_controller), jnp.asarray(valid))
         controller = new_controller
-        loss_before = float(jax.jit(s_step_loss)(theta, data))
-        theta, opt_state = s_step(theta, opt_state, data, jax.random.fold_in(key, 200 + iteration),
-                                  optimizer=optimizer, num_steps=config.s_step_iterations,
-                                  batch_size=config.s_step_batch_size)
-        loss_after = float(jax.jit(s_step_loss)(theta, data))
-        policy = np.asarray(family_curves(l2o2016_opt, theta, tasks, keys,
+        loss_before = float(jax.jit(loss_fn)(theta, data))
+        theta, opt_state = fit(theta, opt_state, data, jax.random.fold_in(key, 200 + iteration),
+                               optimizer=optimizer)
+        loss_after = float(jax.jit(loss_fn)(theta, data))
+        policy = np.asarray(family_curves(policy_transformation(kind), theta, tasks, keys,
                                           num_steps=horizon), np.float64)
         policy_auc = auc(policy)
         score = float(np.mean(np.where(np.isfinite(policy_auc), policy_auc, np.inf)))

@@ -5,10 +5,11 @@ to the whole step Δx (d numbers): it is dense over the coordinates, so one trai
 to one problem dimension d. ``theta`` is a plain dict of float32 arrays::
 
   {"hidden": {"kernel": (dO, 50), "bias": (50,)}, "out": {"kernel": (50, d), "bias": (d,)},
-   "obs_mean": (dO,), "obs_scale": (dO,)}
+   "obs_mean": (dO,), "obs_scale": (dO,), "obs_low": (dO,), "obs_high": (dO,)}
 
 ``obs_mean`` / ``obs_scale`` whiten the observation (set from the first S-step's data and then
-frozen, as in the authors' code); they are part of the policy, not trained.
+frozen, as in the authors' code); the whitened observation is clipped to [obs_low, obs_high], the
+range of that data (ours). They are part of the policy, not trained.
 
 Example::
 
@@ -51,6 +52,8 @@ def init_mlp(key: jax.Array, dim: int, *, history: int = features.HISTORY,
                 "bias": jnp.zeros((dim,))},
         "obs_mean": jnp.zeros((obs_dim,)),
         "obs_scale": jnp.ones((obs_dim,)),
+        "obs_low": jnp.full((obs_dim,), -jnp.inf),
+        "obs_high": jnp.full((obs_dim,), jnp.inf),
     }
 
 
@@ -71,6 +74,11 @@ def mlp_history(theta: MLP) -> int:
 def apply_mlp(theta: MLP, obs: jax.Array) -> jax.Array:
     """μ_ω(o): ``(..., dO)`` → ``(..., d)``, softplus hidden layer, linear output."""
     z = (obs - theta["obs_mean"]) / theta["obs_scale"]
+    if "obs_low" in theta:
+        # The range of the whitening data: outside it the linear output would extrapolate without
+        # bound (an objective rising from ~0 gives relative changes of 1e3+, which fed back into
+        # ever larger steps and diverged on 2 logistic test objectives; results/l2o2016/README.md).
+        z = jnp.clip(z, theta["obs_low"], theta["obs_high"])
     h = jax.nn.softplus(z @ theta["hidden"]["kernel"] + theta["hidden"]["bias"])
     return h @ theta["out"]["kernel"] + theta["out"]["bias"]
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FILES = ("results.json", "summary.csv", "margin.png", "curves.png", "policy.msgpack")
+FILES = ("results.json", "summary.csv", "margin.png", "curves.png", "policy.msgpack",
+         "lstm_policy.metaopt")
 
 
 def run_tiny(family: str, out: Path) -> dict:
@@ -23,7 +24,8 @@ def run_tiny(family: str, out: Path) -> dict:
     doc = json.loads((out / "results.json").read_text())
     assert doc["meta"]["tiny"] and doc["meta"]["family"] == family
     rows = doc["summary"][str(doc["meta"]["horizon"])]
-    assert set(rows) == {"mlp_gps", "gd", "momentum", "cg", "lbfgs"}
+    assert set(rows) == {"mlp_gps", "lstm_gps", "gd", "momentum", "cg", "lbfgs"}
+    assert set(doc["seeds"]["spread"]) == {"mlp_gps", "lstm_gps"}
     assert "| mlp_gps |" in proc.stdout
     return doc
 

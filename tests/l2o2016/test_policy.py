@@ -79,3 +79,19 @@ def test_save_load_round_trip(theta, tmp_path):
     assert header["metadata"] == {"family": "test"}
     for a, b in zip(jax.tree.leaves(theta), jax.tree.leaves(loaded), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_observation_outside_the_whitening_data_is_clipped():
+    from metaopt.l2o2016.s_step import whiten
+
+    raw = init_mlp(jax.random.key(1), dim=4, out_scale=1.0)
+    data = jax.random.normal(jax.random.key(2), (64, features.observation_dim(4)))
+    theta = whiten(raw, data)
+    far = data[0] + 1e3
+    # Beyond the data's range every input sits at its bound: the step stops growing.
+    np.testing.assert_allclose(apply_mlp(theta, far), apply_mlp(theta, 10 * far), rtol=1e-6)
+    np.testing.assert_allclose(apply_mlp(theta, data[:3]),
+                               apply_mlp({k: v for k, v in theta.items()
+                                          if k not in ("obs_low", "obs_high")}, data[:3]),
+                               rtol=1e-6)
+    assert not np.allclose(apply_mlp(raw, far), apply_mlp(raw, 10 * far))
