@@ -9,6 +9,7 @@ import optax
 
 from metaopt import features
 from metaopt.features import OBS_DIM
+from metaopt.optimizers.guards import check_float_leaves
 from metaopt.policy import Theta, apply_policy, init_carry, policy_hidden_size
 
 __all__ = ["LearnedOptState", "learned_opt"]
@@ -86,17 +87,6 @@ def _observation_limit(theta: Theta) -> jax.Array:
     return _F32_MAX / (4.0 * jnp.maximum(weight, 1.0))
 
 
-def _check_float_leaves(tree, what: str) -> None:
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        dtype = jnp.result_type(leaf)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(
-                f"learned_opt supports floating-point leaves only; {what} leaf "
-                f"{jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}. Exclude it, e.g. "
-                "with optax.masked or optax.partition."
-            )
-
-
 def learned_opt(theta: Theta) -> optax.GradientTransformationExtraArgs:
     """The learned optimizer: one policy step per coordinate (SPEC §1, §4).
 
@@ -146,7 +136,7 @@ def learned_opt(theta: Theta) -> optax.GradientTransformationExtraArgs:
     _check_finite_theta(theta)
 
     def init_fn(params):
-        _check_float_leaves(params, "params")
+        check_float_leaves(params, "params", owner="learned_opt")
         return LearnedOptState(
             count=jnp.zeros((), jnp.int32),
             prev_value=jnp.zeros((), jnp.float32),
@@ -167,8 +157,8 @@ def learned_opt(theta: Theta) -> optax.GradientTransformationExtraArgs:
                 "learned_opt needs the current parameters: call "
                 "tx.update(grads, state, params, value=loss)."
             )
-        _check_float_leaves(updates, "updates")
-        _check_float_leaves(params, "params")
+        check_float_leaves(updates, "updates", owner="learned_opt")
+        check_float_leaves(params, "params", owner="learned_opt")
         value = jnp.asarray(value)
         if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
             raise TypeError(

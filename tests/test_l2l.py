@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from toy_tasks import least_squares_problem
 
 from metaopt.evaluation.tuning import seed_keys
 from metaopt.optimizers.l2l import (
@@ -37,17 +38,6 @@ THETA = init_l2l(jax.random.key(0))
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
-def _problem(dtype=jnp.float32, seed=0):
-    k1, k2 = jax.random.split(jax.random.key(seed))
-    inputs = jax.random.normal(k1, (32, 4))
-    targets = inputs @ jax.random.normal(k2, (4, 3)) + 0.5
-    params = {"w": jnp.zeros((4, 3), dtype), "b": jnp.zeros((3,), dtype)}
-
-    def loss_fn(p):
-        p = jax.tree.map(lambda a: a.astype(jnp.float32), p)
-        return jnp.mean((inputs @ p["w"] + p["b"] - targets) ** 2)
-
-    return params, loss_fn
 
 
 def _step_fn(tx, loss_fn):
@@ -133,7 +123,7 @@ def test_theta_layout_and_validation():
 
 
 def test_no_retrace_extra_args_ignored_and_state_is_named_tuple():
-    params, loss_fn = _problem()
+    params, loss_fn = least_squares_problem()
     tx = l2l_opt(THETA)
     traces = []
 
@@ -153,7 +143,7 @@ def test_no_retrace_extra_args_ignored_and_state_is_named_tuple():
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_dtypes_kept_and_state_structure_stable(dtype):
-    params, loss_fn = _problem(dtype)
+    params, loss_fn = least_squares_problem(dtype)
     tx = l2l_opt(THETA)
     state = jax.jit(tx.init)(params)
     types0 = jax.tree.map(jax.typeof, state)
@@ -166,7 +156,7 @@ def test_dtypes_kept_and_state_structure_stable(dtype):
 
 def test_float64_leaves():
     with jax.enable_x64(True):
-        params, loss_fn = _problem(jnp.float64)
+        params, loss_fn = least_squares_problem(jnp.float64)
         tx = l2l_opt(THETA)
         value, grads = jax.value_and_grad(loss_fn)(params)
         updates, state = jax.jit(tx.update)(grads, tx.init(params))
@@ -176,7 +166,7 @@ def test_float64_leaves():
 
 def test_vmap_over_problems_scan_and_chain():
     tx = optax.chain(optax.clip_by_global_norm(1.0), l2l_opt(THETA))
-    problems = [_problem(seed=s) for s in range(3)]
+    problems = [least_squares_problem(seed=s) for s in range(3)]
     batched = jax.tree.map(lambda *a: jnp.stack(a), *[p for p, _ in problems])
     grads = [jax.grad(f)(p) for p, f in problems]
     batched_grads = jax.tree.map(lambda *a: jnp.stack(a), *grads)
@@ -218,7 +208,7 @@ def test_non_float_leaf_and_mismatched_state_are_rejected():
 
 
 def test_nonfinite_gradient_zero_step_for_that_leaf_and_state_kept():
-    params, loss_fn = _problem()
+    params, loss_fn = least_squares_problem()
     tx = l2l_opt(THETA)
     update = jax.jit(tx.update)
     grads = jax.grad(loss_fn)(params)

@@ -12,6 +12,7 @@ import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from toy_tasks import least_squares_problem
 
 from metaopt import features, learned_optimizer
 from metaopt.learned_optimizer import LearnedOptState, learned_opt
@@ -35,18 +36,6 @@ def _trained_looking_theta(seed=1):
     return {**theta, "head": {"kernel": theta["head"]["kernel"] + head, "bias": jnp.ones(1) * 1e-4}}
 
 
-def _problem(dtype=jnp.float32, seed=0):
-    """A small least-squares problem with a matrix and a bias leaf."""
-    k1, k2 = jax.random.split(jax.random.key(seed))
-    inputs = jax.random.normal(k1, (32, 4))
-    targets = inputs @ jax.random.normal(k2, (4, 3)) + 0.5
-    params = {"w": jnp.zeros((4, 3), dtype), "b": jnp.zeros((3,), dtype)}
-
-    def loss_fn(p):
-        p = jax.tree.map(lambda a: a.astype(jnp.float32), p)
-        return jnp.mean((inputs @ p["w"] + p["b"] - targets) ** 2)
-
-    return params, loss_fn
 
 
 def _step_fn(tx, loss_fn, **extra):
@@ -110,7 +99,7 @@ def test_fused_gates_equal_concatenated_matmul():
 
 
 def test_first_update_is_minus_step_size_times_normalised_gradient():
-    params, loss_fn = _problem()
+    params, loss_fn = least_squares_problem()
     tx = learned_opt(THETA)
     value, grads = jax.value_and_grad(loss_fn)(params)
     update = jax.jit(lambda g, s, p, v: tx.update(g, s, p, value=v))
@@ -123,7 +112,7 @@ def test_first_update_is_minus_step_size_times_normalised_gradient():
 
 
 def test_untrained_policy_descends():
-    params, loss_fn = _problem()
+    params, loss_fn = least_squares_problem()
     tx = learned_opt(init_policy(jax.random.key(0), init_step_size=0.05))
     step = jax.jit(_step_fn(tx, loss_fn))
     state = tx.init(params)
@@ -164,7 +153,7 @@ def _run_permutation(grads, values):
 
 
 def test_extra_args_accepted_and_no_recompilation():
-    params, loss_fn = _problem()
+    params, loss_fn = least_squares_problem()
     tx = learned_opt(THETA)
     traces = []
 
@@ -191,7 +180,7 @@ def test_init_accepts_abstract_params():
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_dtypes_kept_and_state_stable(dtype):
-    params, loss_fn = _problem(dtype)
+    params, loss_fn = least_squares_problem(dtype)
     tx = learned_opt(THETA)
     state = jax.jit(tx.init)(params)
     types0 = _types(state)
@@ -219,7 +208,7 @@ def test_dtypes_kept_and_state_stable(dtype):
 
 def test_float64_leaves():
     with jax.enable_x64(True):
-        params, loss_fn = _problem(jnp.float64)
+        params, loss_fn = least_squares_problem(jnp.float64)
         tx = learned_opt(THETA)
         state = tx.init(params)
         types0 = _types(state)
@@ -234,7 +223,7 @@ def test_float64_leaves():
 
 def test_vmap_over_a_batch_of_problems():
     tx = learned_opt(_trained_looking_theta())
-    problems = [_problem(seed=s) for s in range(3)]
+    problems = [least_squares_problem(seed=s) for s in range(3)]
     batched_params = jax.tree.map(lambda *a: jnp.stack(a), *[p for p, _ in problems])
     grads, values = [], []
     for params, loss_fn in problems:
@@ -255,7 +244,7 @@ def test_vmap_over_a_batch_of_problems():
 
 
 def test_scan_equals_python_loop():
-    params, loss_fn = _problem()
+    params, loss_fn = least_squares_problem()
     tx = learned_opt(_trained_looking_theta())
     step = _step_fn(tx, loss_fn)
     (scan_params, scan_state), _ = jax.lax.scan(
@@ -271,7 +260,7 @@ def test_scan_equals_python_loop():
 
 
 def test_inside_optax_chain():
-    params, loss_fn = _problem()
+    params, loss_fn = least_squares_problem()
     tx = optax.chain(optax.clip_by_global_norm(1.0), learned_opt(THETA))
     state = tx.init(params)
     step = jax.jit(_step_fn(tx, loss_fn, unused_extra=3))
@@ -282,7 +271,7 @@ def test_inside_optax_chain():
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_inside_optax_multisteps(dtype):
-    params, loss_fn = _problem(dtype)
+    params, loss_fn = least_squares_problem(dtype)
     tx = optax.MultiSteps(learned_opt(THETA), every_k_schedule=3)
     state = jax.jit(tx.init)(params)
     step = jax.jit(_step_fn(tx, loss_fn))
@@ -361,7 +350,7 @@ def _repo_root():
 
 
 def test_nonfinite_gradient_skips_only_that_leaf():
-    params, loss_fn = _problem()
+    params, loss_fn = least_squares_problem()
     tx = learned_opt(THETA)
     update = jax.jit(lambda g, s, p, v: tx.update(g, s, p, value=v))
     state = tx.init(params)
@@ -383,7 +372,7 @@ def test_nonfinite_gradient_skips_only_that_leaf():
 
 
 def test_nonfinite_value_skips_everything_then_recovers():
-    params, loss_fn = _problem()
+    params, loss_fn = least_squares_problem()
     tx = learned_opt(THETA)
     step = jax.jit(_step_fn(tx, loss_fn))
     update = jax.jit(lambda g, s, p, v: tx.update(g, s, p, value=v))
@@ -406,7 +395,7 @@ def test_nonfinite_value_skips_everything_then_recovers():
 
 
 def test_nonfinite_params_give_zero_step():
-    params, loss_fn = _problem()
+    params, loss_fn = least_squares_problem()
     tx = learned_opt(THETA)
     value, grads = jax.value_and_grad(loss_fn)(params)
     bad = {**params, "b": params["b"].at[0].set(jnp.inf)}
@@ -420,14 +409,14 @@ def test_nonfinite_params_give_zero_step():
 
 
 def test_missing_value_says_how_to_pass_it():
-    params, _ = _problem()
+    params, _ = least_squares_problem()
     tx = learned_opt(THETA)
     with pytest.raises(ValueError, match="value=loss"):
         tx.update(params, tx.init(params), params)
 
 
 def test_missing_params_and_non_scalar_value():
-    params, _ = _problem()
+    params, _ = least_squares_problem()
     tx = learned_opt(THETA)
     with pytest.raises(ValueError, match="params"):
         tx.update(params, tx.init(params), value=1.0)

@@ -21,3 +21,17 @@ class QuadraticTask:
     def minibatch_objective(self, key):
         xi = jax.random.normal(key, self.curvature.shape)
         return lambda p: self.true_loss(p) + self.noise * jnp.dot(p["x"], xi)
+
+
+def least_squares_problem(dtype=jnp.float32, seed=0):
+    """A small least-squares problem with a matrix and a bias leaf: ``(params, loss_fn)``."""
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    inputs = jax.random.normal(k1, (32, 4))
+    targets = inputs @ jax.random.normal(k2, (4, 3)) + 0.5
+    params = {"w": jnp.zeros((4, 3), dtype), "b": jnp.zeros((3,), dtype)}
+
+    def loss_fn(p):
+        p = jax.tree.map(lambda a: a.astype(jnp.float32), p)
+        return jnp.mean((inputs @ p["w"] + p["b"] - targets) ** 2)
+
+    return params, loss_fn

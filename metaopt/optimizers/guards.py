@@ -95,3 +95,18 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def check_float_leaves(tree, what: str, *, owner: str) -> None:
+    """Raises a ``TypeError`` naming the first non-floating leaf of ``tree`` and the fix.
+
+    ``owner`` names the transformation in the message, ``what`` the tree (``"params"``, …).
+    """
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"{owner} supports floating-point leaves only; {what} leaf "
+                f"{jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}. Exclude it, e.g. "
+                "with optax.masked or optax.partition."
+            )

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from metaopt.optimizers.guards import check_float_leaves
 from metaopt.policy import LSTMCarry
 
 ARCHITECTURE_NAME = "l2l-coordinatewise-lstm"
@@ -187,17 +188,6 @@ def apply_l2l(theta: L2LTheta, carry, grad: jax.Array):
     return tuple(new_carry), OUTPUT_SCALE * out[..., 0]
 
 
-def _check_float_leaves(tree, what: str) -> None:
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        dtype = jnp.result_type(leaf)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(
-                f"l2l_opt supports floating-point leaves only; {what} leaf "
-                f"{jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}. Exclude it, e.g. "
-                "with optax.masked or optax.partition."
-            )
-
-
 def l2l_opt(theta: L2LTheta) -> optax.GradientTransformationExtraArgs:
     """Andrychowicz et al.'s coordinatewise LSTM optimizer as an optax transformation.
 
@@ -225,7 +215,7 @@ def l2l_opt(theta: L2LTheta) -> optax.GradientTransformationExtraArgs:
     _check_finite_theta(theta)
 
     def init_fn(params):
-        _check_float_leaves(params, "params")
+        check_float_leaves(params, "params", owner="l2l_opt")
         return L2LState(
             carry=jax.tree.map(lambda x: init_l2l_carry(x, hidden_size, num_layers), params),
             count=jnp.zeros((), jnp.int32),
@@ -234,7 +224,7 @@ def l2l_opt(theta: L2LTheta) -> optax.GradientTransformationExtraArgs:
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        _check_float_leaves(updates, "updates")
+        check_float_leaves(updates, "updates", owner="l2l_opt")
         paths_and_grads, treedef = jax.tree_util.tree_flatten_with_path(updates)
         try:
             carries = treedef.flatten_up_to(state.carry)
