@@ -194,18 +194,23 @@ def load(path: str | os.PathLike) -> Theta:
             f"{header['features'].get('name')!r}; this metaopt runs "
             f"{ARCHITECTURE_NAME!r} with {FEATURE_SET['name']!r}"
         )
-    try:
-        weights = serialization.msgpack_restore(payload)
-        theta = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), weights)
-        hidden_size = policy_hidden_size(theta)
-    except Exception as err:  # msgpack raises several unrelated types on garbage
-        raise PolicyFileError(f"{path} has corrupt weights: {err}") from err
+    theta, hidden_size = _restore_weights(path, payload, policy_hidden_size)
     if hidden_size != architecture.get("hidden_size"):
         raise PolicyFileError(
             f"{path}: weights have {hidden_size} LSTM cells, header says "
             f"{architecture.get('hidden_size')}"
         )
     return theta
+
+
+def _restore_weights(path: str, payload: bytes, describe):
+    """The payload's weights as float32 arrays and ``describe(theta)`` (which validates them)."""
+    try:
+        weights = serialization.msgpack_restore(payload)
+        theta = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), weights)
+        return theta, describe(theta)
+    except Exception as err:  # msgpack raises several unrelated types on garbage
+        raise PolicyFileError(f"{path} has corrupt weights: {err}") from err
 
 
 # --- Andrychowicz et al. 2016's L2L optimizer (metaopt.optimizers.l2l), a baseline -------------
@@ -259,12 +264,7 @@ def load_l2l(path: str | os.PathLike) -> l2l.L2LTheta:
             f"{architecture.get('output_scale')!r}; this metaopt runs {L2L_FEATURE_SET} with "
             f"output scale {l2l.OUTPUT_SCALE}"
         )
-    try:
-        weights = serialization.msgpack_restore(payload)
-        theta = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), weights)
-        shape = l2l.l2l_shape(theta)
-    except Exception as err:  # msgpack raises several unrelated types on garbage
-        raise PolicyFileError(f"{path} has corrupt weights: {err}") from err
+    theta, shape = _restore_weights(path, payload, l2l.l2l_shape)
     if shape != (architecture.get("hidden_size"), architecture.get("num_layers")):
         raise PolicyFileError(
             f"{path}: weights have {shape[1]} layers of {shape[0]} LSTM cells, header says "
