@@ -39,7 +39,7 @@ from metaopt.data import DatasetUnavailableError
 from metaopt.data.datasets import TFD_UNAVAILABLE
 from metaopt.data.sources import sha256_of_file
 from metaopt.evaluation.report import git_commit, machine_description, summarize, write_report
-from metaopt.evaluation.tuning import run_grid
+from metaopt.evaluation.tuning import read_tuned_baselines, run_grid
 from metaopt.evaluation.unroll import eval_steps
 from metaopt.optimizers.baselines import BASELINES
 
@@ -109,20 +109,10 @@ def tuned_baselines(path: str | Path = DEFAULT_BASELINES_FILE) -> dict[str, dict
       FileNotFoundError: the report is absent, with the command that writes it.
       ValueError: it was tuned on something other than the paper's training objective.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: the figures reuse the baselines tuned on the training objective. "
-            "Run `metaopt baselines --config paper --out results/baselines` first (≈ 5 min).")
-    doc = json.loads(path.read_text())
-    cfg = doc.get("meta", {}).get("config", {})
-    expected = {"dataset": "mnist", "input_dim": 48, "hidden": [48], "batch_size": 64}
-    mismatch = {k: (cfg.get(k), v) for k, v in expected.items() if cfg.get(k) != v}
-    if mismatch:
-        raise ValueError(f"{path} was not tuned on the paper's training objective: "
-                         f"{mismatch} (file, expected).")
-    return {name: row["hyperparams"] for name, row in doc["optimizers"].items()
-            if name in BASELINES}
+    rows = read_tuned_baselines(
+        path, {"dataset": "mnist", "input_dim": 48, "hidden": [48], "batch_size": 64},
+        purpose="the figures reuse the baselines tuned on the paper's training objective")
+    return {name: row["hyperparams"] for name, row in rows.items() if name in BASELINES}
 
 
 class LearnedOptimizer(NamedTuple):

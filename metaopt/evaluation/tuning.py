@@ -113,3 +113,32 @@ def tune(
                       grid_batch_size=grid_batch_size)
     scores = final_scores(curves)
     return TuningResult(list(grid), curves, scores, int(np.argmin(scores)))
+
+
+def read_tuned_baselines(path, expected: dict, *, purpose: str) -> dict[str, dict]:
+    """The per-optimizer rows (``hyperparams``, …) of a ``metaopt baselines`` ``results.json``.
+
+    Args:
+      path: the report.
+      expected: config entries the report must have been tuned with (e.g. ``{"dataset": "mnist"}``).
+      purpose: what the caller needs it for; ends the error messages.
+
+    Raises:
+      FileNotFoundError: no report, with the command that writes it.
+      ValueError: it was tuned with other ``expected`` entries (file value, expected value).
+    """
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: run `metaopt baselines --config paper --out {path.parent}` first "
+            f"(≈ 5 min on 2 cores): {purpose}.")
+    doc = json.loads(path.read_text())
+    cfg = doc.get("meta", {}).get("config", {})
+    mismatch = {k: (cfg.get(k), v) for k, v in expected.items() if cfg.get(k) != v}
+    if mismatch:
+        raise ValueError(f"{path} was tuned on another task than {purpose}: {mismatch} "
+                         "(file, expected).")
+    return doc["optimizers"]

@@ -28,7 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from metaopt.evaluation.report import git_commit, machine_description
+from metaopt.evaluation.report import git_commit, machine_description, markdown_table
 from metaopt.l2o2016.evaluate import (
     family_curves,
     margin_of_victory,
@@ -212,14 +212,6 @@ def _write_csv(path: Path, rows: dict[str, dict[str, float]], details) -> None:
                                for c in columns)])
 
 
-def markdown_rows(summary_csv: str | Path) -> str:
-    """summary.csv as a Markdown table."""
-    with open(summary_csv) as fh:
-        rows = list(csv.reader(fh))
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])
-
-
 def _pyplot():
     import matplotlib
 
@@ -305,7 +297,7 @@ def main(family: str, argv=None) -> None:
     doc = run_experiment(family, out, tiny=args.tiny, seed=args.seed,
                          gps_seeds=tuple(int(v) for v in args.gps_seeds.split(",")),
                          policies=tuple(args.policies.split(",")), with_lstm=not args.no_lstm)
-    print(markdown_rows(Path(out) / "summary.csv"))
+    print(markdown_table(Path(out) / "summary.csv"))
     print(json.dumps(doc["seeds"]["spread"]))
     print(f"wall time {doc['meta']['wall_seconds']:.0f} s (GPS "
           f"{sum(doc['meta']['gps_seconds'].values()):.0f} s)")

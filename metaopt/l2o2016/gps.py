@@ -214,23 +214,31 @@ def policy_transformation(kind: str):
     return learned_opt if kind == "lstm" else l2o2016_opt
 
 
+@partial(jax.jit, static_argnames=("problem", "horizon", "history"))
+def _momentum_grid_finals(problem: FlatProblem, tasks, x0, learning_rate, momentum, *,
+                          horizon: int, history: int) -> jax.Array:
+    """f(x_T) of the noise-free momentum controller at each grid point, ``(P, C)``."""
+    count, dim = x0.shape
+    noise = jnp.zeros((count, 1, horizon, dim))
+
+    def one(point):
+        lr, mu = point
+        ctrl = momentum_controllers(jnp.full(count, lr), jnp.full(count, mu), dim, horizon, 1e-12)
+        return rollout(problem, tasks, x0, ctrl, noise, history=history).values[:, 0, -1]
+
+    return jax.lax.map(one, (learning_rate, momentum))
+
+
 def tune_momentum(problem: FlatProblem, tasks, x0, config: GPSConfig):
     """Per-condition (γ, μ) of the noise-free momentum controller with the lowest final f."""
     grid = [(lr, mu) for mu in config.momentum_grid for lr in config.learning_rate_grid]
-    dim, count = x0.shape[-1], x0.shape[0]
-    finals = []
-    for lr, mu in grid:
-        ctrl = momentum_controllers(np.full(count, lr), np.full(count, mu), dim, config.horizon,
-                                    1e-12)
-        noise = jnp.zeros((count, 1, config.horizon, dim))
-        values = rollout(problem, tasks, x0, ctrl, noise, history=config.history).values
-        finals.append(np.asarray(values[:, 0, -1], np.float64))
-    finals = np.stack(finals)                                        # (P, C)
+    lr_grid, mu_grid = (np.array(column) for column in zip(*grid, strict=True))
+    finals = np.asarray(_momentum_grid_finals(
+        problem, tasks, x0, jnp.asarray(lr_grid, jnp.float32), jnp.asarray(mu_grid, jnp.float32),
+        horizon=config.horizon, history=config.history), np.float64)   # (P, C)
     finals = np.where(np.isfinite(finals), finals, np.inf)
     best = np.argmin(finals, 0)
-    lr = np.array([grid[i][0] for i in best])
-    mu = np.array([grid[i][1] for i in best])
-    return lr, mu
+    return lr_grid[best], mu_grid[best]
 
 
 # Separate programs for the dynamics (Cholesky) and the cost (eigh), and for the η search and the
@@ -422,10 +430,11 @@ def run_gps(tasks, keys, config: GPSConfig | None = None, *, log_fn=None) -> dic
                     batch_size=config.s_step_batch_size)))
         data = make_data(samples, jax.tree.map(jnp.asarray, new_controller), jnp.asarray(valid))
         controller = new_controller
-        loss_before = float(jax.jit(loss_fn)(theta, data))
+        loss = jax.jit(loss_fn)
+        loss_before = float(loss(theta, data))
         theta, opt_state = fit(theta, opt_state, data, jax.random.fold_in(key, 200 + iteration),
                                optimizer=optimizer)
-        loss_after = float(jax.jit(loss_fn)(theta, data))
+        loss_after = float(loss(theta, data))
         policy = np.asarray(family_curves(policy_transformation(kind), theta, tasks, keys,
                                           num_steps=horizon), np.float64)
         policy_auc = auc(policy)

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from metaopt.evaluation.report import write_report
-from metaopt.evaluation.tuning import run_grid, tune
+from metaopt.evaluation.tuning import read_tuned_baselines, run_grid, tune
 from metaopt.evaluation.unroll import eval_steps
 from metaopt.learned_optimizer import learned_opt
 from metaopt.optimizers.baselines import BASELINES
@@ -97,23 +97,16 @@ def _baseline_settings(job: TrainJobConfig, task, num_steps: int) -> dict[str, d
     """Tuned hyperparameters per baseline: from ``baselines_file`` or tuned here."""
     if job.baselines_file is not None:
         path = Path(job.baselines_file)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"{path} not found: run `metaopt baselines --config paper` first (it tunes the "
-                "baselines this job compares against).")
-        doc = json.loads(path.read_text())
-        cfg = doc["meta"]["config"]
         expected = {"dataset": job.train.dataset, "batch_size": job.train.batch_size,
                     "num_steps": num_steps, "input_dim": job.train.widths[0],
                     "hidden": list(job.train.widths[1:-1]), "l2": job.train.l2,
                     "activation": job.train.activation,
                     "projection_seed": job.train.projection_seed}
-        mismatch = {k: (cfg.get(k), v) for k, v in expected.items() if cfg.get(k) != v}
-        if mismatch:
-            raise ValueError(f"{path} was tuned on another task: {mismatch} (file, this job).")
+        rows = read_tuned_baselines(path, expected,
+                                    purpose="the baselines this training job compares against")
         return {name: {"hyperparams": row["hyperparams"], "tuned_in": str(path),
                        "tuning_final_mean": row.get("tuning_final_mean")}
-                for name, row in doc["optimizers"].items()}
+                for name, row in rows.items()}
     settings = {}
     for name in job.baselines:
         spec = BASELINES[name]
