@@ -2,7 +2,7 @@
 when TFDS has them), minibatch 64, 400 steps.
 
   .venv/bin/python experiments/fig1_other_datasets.py  # writes results/fig1/
-  .venv/bin/python experiments/fig1_other_datasets.py  --tiny  # CI smoke run, seconds
+  .venv/bin/python experiments/fig1_other_datasets.py  --tiny  # CI smoke run, < 1 min
 
 The protocol, optimizers and outputs are described in `metaopt/evaluation/figures.py`.
 """

@@ -2,7 +2,7 @@
 64, 400 steps.
 
   .venv/bin/python experiments/fig2_larger_nets.py  # writes results/fig2/
-  .venv/bin/python experiments/fig2_larger_nets.py  --tiny  # CI smoke run, seconds
+  .venv/bin/python experiments/fig2_larger_nets.py  --tiny  # CI smoke run, < 1 min
 
 The protocol, optimizers and outputs are described in `metaopt/evaluation/figures.py`.
 """

@@ -2,7 +2,7 @@
 steps.
 
   .venv/bin/python experiments/fig3_small_minibatch.py  # writes results/fig3/
-  .venv/bin/python experiments/fig3_small_minibatch.py  --tiny  # CI smoke run, seconds
+  .venv/bin/python experiments/fig3_small_minibatch.py  --tiny  # CI smoke run, < 1 min
 
 The protocol, optimizers and outputs are described in `metaopt/evaluation/figures.py`.
 """

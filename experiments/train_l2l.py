@@ -119,7 +119,7 @@ def main():
     parser.add_argument("--asset", default=None,
                         help="where the selected weights go (default metaopt/assets/l2l.metaopt, "
                              "none with --tiny)")
-    parser.add_argument("--tiny", action="store_true", help="few-second smoke run, synthetic data")
+    parser.add_argument("--tiny", action="store_true", help="smoke run on synthetic data, about a minute")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ and the *margin of victory* of each learned optimizer over its best competitor (
 Example::
 
   run_figure(FIGURES["fig2"], "results/fig2")            # 100-200-C nets, minibatch 64
-  run_figure(FIGURES["fig2"].tiny(), "/tmp/fig2-tiny")   # seconds, for CI
+  run_figure(FIGURES["fig2"].tiny(), "/tmp/fig2-tiny")   # under a minute, for CI
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ class FigureSpec:
     l2: float = 5e-4
 
     def tiny(self) -> FigureSpec:
-        """Seconds on a CPU: digits only, a small net of the same depth, 20 steps, two seeds."""
+        """Under a minute on a CPU (mostly compilation): digits, a small net of the same depth, 20
+        steps, two seeds."""
         return dataclasses.replace(
             self, input_dim=8, hidden=(8,) * len(self.hidden), num_steps=20, eval_every=10,
             datasets=("digits",), eval_seeds=(100, 101))
@@ -391,7 +392,7 @@ def main(name: str, argv: Sequence[str] | None = None) -> dict:
     spec = FIGURES[name]
     parser = argparse.ArgumentParser(description=f"{name}: {spec.title}")
     parser.add_argument("--tiny", action="store_true",
-                        help="seconds: digits, a small net, 20 steps, 2 seeds (CI smoke run)")
+                        help="under a minute: digits, a small net, 20 steps, 2 seeds (CI smoke run)")
     parser.add_argument("--out", default=None, help=f"output folder (default results/{name})")
     parser.add_argument("--baselines-file", default=DEFAULT_BASELINES_FILE)
     args = parser.parse_args(argv)

@@ -281,7 +281,7 @@ def _plot_curves(path: Path, curves, family: str, horizon: int) -> None:
 
 def main(family: str, argv=None) -> None:
     parser = argparse.ArgumentParser(description=f"The 2016 {family} experiment.")
-    parser.add_argument("--tiny", action="store_true", help="seconds-long smoke run (CI)")
+    parser.add_argument("--tiny", action="store_true", help="smoke run, about a minute on 2 cores (CI)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-lstm", action="store_true", help="skip the shipped LSTM row")
