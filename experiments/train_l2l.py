@@ -1,7 +1,7 @@
 """Meta-train the L2L baseline (Andrychowicz et al. 2016) on the paper's objective (thin main).
 
   .venv/bin/python experiments/train_l2l.py --budget-minutes 30          # the shipped run
-  .venv/bin/python experiments/train_l2l.py --tiny --out /tmp/l2l-tiny   # seconds, synthetic data
+  .venv/bin/python experiments/train_l2l.py --tiny --out /tmp/l2l-tiny   # ~1 min, synthetic data
 
 Trains on the 48-48-10 ReLU MLP on MNIST projected to 48 dims (minibatch 64, ℓ2 5e-4, T = 400,
 f measured on a 5,000-example subset during training), keeps the θ with the best mean final f on
