@@ -4,12 +4,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from metaopt import features
 from metaopt.features import OBS_DIM
-from metaopt.optimizers.guards import check_float_leaves
+from metaopt.optimizers.guards import check_finite_weights, check_float_leaves
 from metaopt.policy import Theta, apply_policy, init_carry, policy_hidden_size
 
 __all__ = ["LearnedOptState", "learned_opt"]
@@ -52,25 +51,6 @@ def _chunk_on_cpu(leaf) -> bool:
 _F32_MAX = float(jnp.finfo(jnp.float32).max)
 # Cap on the stored |x(t) − x(t−1)|: then ψ3 = |x(t) − x(t−1)| / (|x(t+1) − x(t)| + 0.1) < max.
 _DELTA_LIMIT = _F32_MAX / 16
-
-
-def _check_finite_theta(theta: Theta) -> None:
-    """Refuses policy weights with NaN/inf (they would put NaN into every step).
-
-    Looks at concrete weights on the host (NumPy), so it also works when ``learned_opt`` is built
-    inside a jitted function; traced or not fully addressable weights are not inspected.
-    """
-    bad = []
-    for path, leaf in jax.tree_util.tree_leaves_with_path(theta):
-        if isinstance(leaf, jax.core.Tracer) or not getattr(leaf, "is_fully_addressable", True):
-            return
-        if not np.all(np.isfinite(np.asarray(leaf))):
-            bad.append(jax.tree_util.keystr(path))
-    if bad:
-        raise ValueError(
-            f"theta has NaN or inf weights in {', '.join(bad)}; a policy like this would put NaN into "
-            "every step. Load an intact policy (metaopt.load) or the one shipped (metaopt.pretrained())."
-        )
 
 
 def _observation_limit(theta: Theta) -> jax.Array:
@@ -133,7 +113,8 @@ def learned_opt(theta: Theta) -> optax.GradientTransformationExtraArgs:
       params = optax.apply_updates(params, updates)
     """
     hidden_size = policy_hidden_size(theta)
-    _check_finite_theta(theta)
+    check_finite_weights(theta, fix="Load an intact policy (metaopt.load) or the one shipped "
+                                    "(metaopt.pretrained()).")
 
     def init_fn(params):
         check_float_leaves(params, "params", owner="learned_opt")

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 __all__ = ["skip_nonfinite"]
 
 
-def _all_finite(tree) -> jax.Array:
+def all_finite(tree) -> jax.Array:
+    """Scalar bool: every element of every leaf of ``tree`` is finite (True for no leaves)."""
     leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.ones((), bool)
 
@@ -74,14 +76,14 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
         )
 
     def update_fn(updates, state, params=None, **extra_args):
-        ok = _all_finite(updates)
+        ok = all_finite(updates)
         value = extra_args.get("value")
         if value is not None:
-            ok = ok & _all_finite(value)
+            ok = ok & all_finite(value)
         new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra_args)
-        ok = ok & _all_finite(new_updates)
+        ok = ok & all_finite(new_updates)
         if params is not None:
-            ok = ok & _all_finite(optax.apply_updates(params, new_updates))
+            ok = ok & all_finite(optax.apply_updates(params, new_updates))
         new_updates, new_inner = _select(
             ok, (new_updates, new_inner), (optax.tree.zeros_like(new_updates), state.inner_state)
         )
@@ -110,3 +112,21 @@ def check_float_leaves(tree, what: str, *, owner: str) -> None:
                 f"{jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}. Exclude it, e.g. "
                 "with optax.masked or optax.partition."
             )
+
+
+def check_finite_weights(theta, *, fix: str) -> None:
+    """Refuses learned-optimizer weights with NaN/inf (they would put NaN into every step).
+
+    Looks at concrete weights on the host (NumPy), so it also works when the transformation is
+    built inside a jitted function; traced or not fully addressable weights are not inspected.
+    ``fix`` ends the message (how to get intact weights).
+    """
+    bad = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(theta):
+        if isinstance(leaf, jax.core.Tracer) or not getattr(leaf, "is_fully_addressable", True):
+            return
+        if not np.all(np.isfinite(np.asarray(leaf))):
+            bad.append(jax.tree_util.keystr(path))
+    if bad:
+        raise ValueError(f"theta has NaN or inf weights in {', '.join(bad)}; a policy like this "
+                         f"would put NaN into every step. {fix}")

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from metaopt.optimizers.guards import check_float_leaves
+from metaopt.optimizers.guards import check_finite_weights, check_float_leaves
 from metaopt.policy import LSTMCarry
 
 ARCHITECTURE_NAME = "l2l-coordinatewise-lstm"
@@ -145,15 +145,6 @@ def l2l_shape(theta: L2LTheta) -> tuple[int, int]:
     return h, num_layers
 
 
-def _check_finite_theta(theta: L2LTheta) -> None:
-    """Refuses concrete weights with NaN/inf; traced weights (meta-training) are not inspected."""
-    for path, leaf in jax.tree_util.tree_leaves_with_path(theta):
-        if isinstance(leaf, jax.core.Tracer) or not getattr(leaf, "is_fully_addressable", True):
-            return
-        if not np.all(np.isfinite(np.asarray(leaf))):
-            raise ValueError(f"theta has NaN or inf weights in {jax.tree_util.keystr(path)}.")
-
-
 def init_l2l_carry(x, hidden_size: int = HIDDEN_SIZE, num_layers: int = NUM_LAYERS):
     """Zero memory for every coordinate of a leaf shaped like ``x``: one ``LSTMCarry`` per layer."""
     zeros = jnp.zeros(jnp.shape(x) + (hidden_size,), jnp.float32)
@@ -212,7 +203,8 @@ def l2l_opt(theta: L2LTheta) -> optax.GradientTransformationExtraArgs:
       TypeError: a leaf is not floating point.
     """
     hidden_size, num_layers = l2l_shape(theta)
-    _check_finite_theta(theta)
+    check_finite_weights(theta, fix="Load intact weights (metaopt.pretrained.pretrained_l2l()) "
+                                    "or train them (experiments/train_l2l.py).")
 
     def init_fn(params):
         check_float_leaves(params, "params", owner="l2l_opt")

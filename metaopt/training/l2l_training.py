@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from metaopt.evaluation.tuning import seed_keys
 from metaopt.evaluation.unroll import unroll
+from metaopt.optimizers.guards import all_finite
 from metaopt.optimizers.l2l import L2LTheta, init_l2l, l2l_opt
 
 __all__ = [
@@ -135,10 +136,6 @@ def truncation_loss(
     return jnp.sum(values), OptimizeeState(params, opt_state, grad, t, state.data_key)
 
 
-def _all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)]))
-
-
 def make_meta_step(meta_tx: optax.GradientTransformation, truncation: int):
     """A jitted meta-update ``(theta, meta_state, task, states) → (theta, meta_state, states, info)``.
 
@@ -159,7 +156,7 @@ def make_meta_step(meta_tx: optax.GradientTransformation, truncation: int):
             theta, task, states
         )
         new_states = jax.lax.stop_gradient(new_states)
-        ok = _all_finite(grads) & jnp.isfinite(loss)
+        ok = all_finite(grads) & jnp.isfinite(loss)
         updates, new_meta_state = meta_tx.update(grads, meta_state, theta)
         new_theta = optax.apply_updates(theta, updates)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
