@@ -486,6 +486,7 @@ def test_chunked_policy_step_equals_whole():
 
 
 def test_learned_opt_big_leaf_chunked_path_matches(monkeypatch):
+    monkeypatch.setenv("METAOPT_FUSED_POLICY", "0")  # the XLA path; the kernel: test_fused_policy
     params = {"w": jnp.zeros((80, 60)), "b": jnp.zeros((60,))}  # 4,800 coordinates: chunked
     tx = learned_opt(_trained_looking_theta())
     grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(11), p.shape), params)

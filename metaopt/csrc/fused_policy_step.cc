@@ -1,0 +1,231 @@
+// One step of metaopt's per-coordinate LSTM policy (metaopt/policy.py) as one CPU kernel.
+//
+// XLA runs the step as a matmul that writes the (rows, 4H) gate block to memory and two loop
+// fusions that read it back; at a few thousand coordinates that round trip costs as much as a
+// third of the matmul. Here each tile of 8 rows computes its gates into a 16-64 KB buffer that
+// stays in L1/L2, applies the nonlinearities and the linear head there, and writes only the new
+// cell, hidden state and step. No library offers this fusion for XLA:CPU (XLA's own and
+// YNNPACK's elementwise fusions do not reach into the matmul's tiles).
+//
+// Same function as LSTMPolicy.__call__: gate order [i, f, g, o], sigmoid(x) = ½ tanh(½x) + ½,
+// tanh by the rational approximation XLA's CPU backend uses; results agree with the XLA path to
+// float32 rounding (different summation order in the matmul).
+//
+// Operands (float32 unless said):
+//   cell, hidden (rows, H); obs (rows, D_obs); kernel (D_obs + H, 4H); bias (4H);
+//   head_kernel (H, 1); head_bias (1); active: bool, 1 or `rows` elements (false: the row keeps
+//   its carry and its step is 0).
+// Results: new_cell, new_hidden (rows, H); step (rows).
+// Limits (checked; the Python side falls back to XLA outside them): H a multiple of 16, at most
+// 512; D_obs at most 8.
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <thread>
+
+#include "xla/ffi/api/ffi.h"
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+typedef float v16 __attribute__((vector_size(64)));
+constexpr int64_t kRows = 8;        // rows per tile: 8 × 2 vector accumulators in registers
+constexpr int64_t kCols = 32;       // gate columns per micro-kernel pass
+constexpr int64_t kMaxHidden = 512;
+constexpr int64_t kMaxObs = 8;
+
+inline v16 load(const float* p) { v16 v; std::memcpy(&v, p, sizeof v); return v; }
+inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
+#if defined(__AVX512F__)
+// A memory broadcast; `v16{} + x` would compile to an add and a shuffle that competes with the
+// FMAs for port 5 and halves the matmul's rate.
+inline v16 splat(float x) { return (v16)_mm512_set1_ps(x); }
+#else
+inline v16 splat(float x) { return v16{} + x; }
+#endif
+
+// Eigen's ptanh_float, which XLA:CPU also emits: with FMA, clamping at 7.9988 makes the
+// approximation saturate at exactly ±1 (XLA's tanh(8) == 1.0f); without, at 7.9053.
+inline v16 tanh16(v16 x) {
+#if defined(__FMA__)
+  const v16 limit = splat(7.99881172180175781f);
+#else
+  const v16 limit = splat(7.90531110763549805f);
+#endif
+  v16 c = x > limit ? limit : x;
+  c = c < -limit ? -limit : c;
+  const v16 c2 = c * c;
+  v16 p = c2 * splat(-2.76076847742355e-16f) + splat(2.00018790482477e-13f);
+  p = c2 * p + splat(-8.60467152213735e-11f);
+  p = c2 * p + splat(5.12229709037114e-08f);
+  p = c2 * p + splat(1.48572235717979e-05f);
+  p = c2 * p + splat(6.37261928875436e-04f);
+  p = c2 * p + splat(4.89352455891786e-03f);
+  p = c * p;
+  v16 q = c2 * splat(1.19825839466702e-06f) + splat(1.18534705686654e-04f);
+  q = c2 * q + splat(2.26843463243900e-03f);
+  q = c2 * q + splat(4.89352518554385e-03f);
+  const v16 r = p / q;
+  const v16 magnitude = x < 0 ? -x : x;
+  return magnitude < splat(0.0004f) ? x : r;
+}
+
+inline v16 sigmoid16(v16 x) { return splat(0.5f) * tanh16(splat(0.5f) * x) + splat(0.5f); }
+
+struct Step {
+  const float *cell, *hidden, *obs, *packed_kernel, *bias, *head_kernel;
+  const bool* active;
+  bool active_per_row;
+  float head_bias;
+  float *new_cell, *new_hidden, *step;
+  int64_t rows, hidden_size, obs_dim;
+};
+
+// Rows [r0, r0 + kRows) (fewer in the last tile; the tile is padded with copies of its last row).
+void step_tile(const Step& s, int64_t r0) {
+  const int64_t H = s.hidden_size, G = 4 * H, D = s.obs_dim + H;
+  const int64_t n = std::min(kRows, s.rows - r0);
+  alignas(64) float input[kRows][kMaxObs + kMaxHidden];
+  alignas(64) float gates[kRows][4 * kMaxHidden];
+  for (int64_t r = 0; r < kRows; ++r) {
+    const int64_t src = r0 + std::min(r, n - 1);
+    std::memcpy(&input[r][0], s.obs + src * s.obs_dim, s.obs_dim * sizeof(float));
+    std::memcpy(&input[r][s.obs_dim], s.hidden + src * H, H * sizeof(float));
+  }
+  for (int64_t c0 = 0; c0 < G; c0 += kCols) {
+    v16 acc[kRows][2];
+    const v16 b0 = load(s.bias + c0), b1 = load(s.bias + c0 + 16);
+    for (int64_t r = 0; r < kRows; ++r) acc[r][0] = b0, acc[r][1] = b1;
+    const float* w = s.packed_kernel + c0 * D;  // this pass's (D, kCols) panel, contiguous
+    for (int64_t k = 0; k < D; ++k, w += kCols) {
+      const v16 w0 = load(w), w1 = load(w + 16);
+      for (int64_t r = 0; r < kRows; ++r) {
+        const v16 x = splat(input[r][k]);
+        acc[r][0] += x * w0;
+        acc[r][1] += x * w1;
+      }
+    }
+    for (int64_t r = 0; r < kRows; ++r) {
+      store(&gates[r][c0], acc[r][0]);
+      store(&gates[r][c0 + 16], acc[r][1]);
+    }
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t row = r0 + r;
+    const float* cell = s.cell + row * H;
+    float* new_cell = s.new_cell + row * H;
+    float* new_hidden = s.new_hidden + row * H;
+    if (!s.active[s.active_per_row ? row : 0]) {
+      std::memcpy(new_cell, cell, H * sizeof(float));
+      std::memcpy(new_hidden, s.hidden + row * H, H * sizeof(float));
+      s.step[row] = 0.0f;
+      continue;
+    }
+    v16 head = splat(0.0f);
+    for (int64_t j = 0; j < H; j += 16) {
+      const v16 i = load(&gates[r][j]), f = load(&gates[r][H + j]);
+      const v16 g = load(&gates[r][2 * H + j]), o = load(&gates[r][3 * H + j]);
+      const v16 c = sigmoid16(f) * load(cell + j) + sigmoid16(i) * tanh16(g);
+      const v16 h = sigmoid16(o) * tanh16(c);
+      store(new_cell + j, c);
+      store(new_hidden + j, h);
+      head += h * load(s.head_kernel + j);
+    }
+    float total = 0.0f;
+    for (int l = 0; l < 16; ++l) total += head[l];
+    s.step[row] = total + s.head_bias;
+  }
+}
+
+// Tiles are claimed in blocks from a shared counter by the calling thread and by helpers on
+// XLA's intra-op pool. The caller only waits for blocks already claimed, so a helper that
+// starts late (pool busy) finds nothing left and returns: no deadlock on a saturated pool.
+struct Progress {
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+};
+
+void run_tiles(const Step& s, Progress& progress, int64_t n_tiles, int64_t block) {
+  for (;;) {
+    const int64_t t0 = progress.next.fetch_add(block);
+    if (t0 >= n_tiles) return;
+    const int64_t t1 = std::min(n_tiles, t0 + block);
+    for (int64_t t = t0; t < t1; ++t) step_tile(s, t * kRows);
+    progress.done.fetch_add(t1 - t0, std::memory_order_release);
+  }
+}
+
+ffi::Error FusedPolicyStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> cell,
+                               ffi::Buffer<ffi::F32> hidden, ffi::Buffer<ffi::F32> obs,
+                               ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> bias,
+                               ffi::Buffer<ffi::F32> head_kernel, ffi::Buffer<ffi::F32> head_bias,
+                               ffi::Buffer<ffi::PRED> active, ffi::ResultBuffer<ffi::F32> new_cell,
+                               ffi::ResultBuffer<ffi::F32> new_hidden,
+                               ffi::ResultBuffer<ffi::F32> step) {
+  if (cell.dimensions().size() == 0 || obs.dimensions().size() == 0)
+    return ffi::Error::InvalidArgument("fused_policy_step: cell and obs need a feature axis");
+  const int64_t H = cell.dimensions().back();
+  const int64_t obs_dim = obs.dimensions().back();
+  if (H <= 0 || H % 16 != 0 || H > kMaxHidden || obs_dim <= 0 || obs_dim > kMaxObs)
+    return ffi::Error::InvalidArgument(
+        "fused_policy_step: needs a hidden size that is a multiple of 16 and at most 512, and "
+        "1 to 8 observation features");
+  const int64_t rows = cell.element_count() / H;
+  const int64_t D = obs_dim + H, G = 4 * H;
+  if (hidden.element_count() != rows * H || obs.element_count() != rows * obs_dim ||
+      kernel.element_count() != D * G || bias.element_count() != G ||
+      head_kernel.element_count() != H || head_bias.element_count() != 1 ||
+      (active.element_count() != 1 && active.element_count() != rows) ||
+      step->element_count() != rows)
+    return ffi::Error::InvalidArgument("fused_policy_step: operand sizes do not match");
+  if (rows == 0) return ffi::Error::Success();
+
+  // The kernel re-laid out as (G / kCols) contiguous (D, kCols) panels: the matmul then streams
+  // one panel per pass instead of striding 4H floats per row (L1 set conflicts).
+  std::unique_ptr<float[]> packed(new (std::align_val_t(64)) float[D * G]);
+  for (int64_t c0 = 0; c0 < G; c0 += kCols)
+    for (int64_t k = 0; k < D; ++k)
+      std::memcpy(&packed[c0 * D + k * kCols], kernel.typed_data() + k * G + c0,
+                  kCols * sizeof(float));
+
+  const Step s{cell.typed_data(),        hidden.typed_data(),  obs.typed_data(),
+               packed.get(),             bias.typed_data(),    head_kernel.typed_data(),
+               active.typed_data(),      active.element_count() == rows,
+               head_bias.typed_data()[0], new_cell->typed_data(), new_hidden->typed_data(),
+               step->typed_data(),       rows,                 H,
+               obs_dim};
+  const int64_t n_tiles = (rows + kRows - 1) / kRows;
+  const int64_t threads = std::clamp<int64_t>(n_tiles / 16, 1, std::max<int64_t>(1, pool.num_threads()));
+  const int64_t block = std::max<int64_t>(1, n_tiles / (8 * threads));
+  auto progress = std::make_shared<Progress>();
+  for (int64_t t = 1; t < threads; ++t)
+    pool.Schedule([s, progress, n_tiles, block] { run_tiles(s, *progress, n_tiles, block); });
+  run_tiles(s, *progress, n_tiles, block);
+  while (progress->done.load(std::memory_order_acquire) < n_tiles) std::this_thread::yield();
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MetaoptFusedPolicyStep, FusedPolicyStepImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // cell
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // hidden
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // obs
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // kernel
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // bias
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // head kernel
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // head bias
+                                  .Arg<ffi::Buffer<ffi::PRED>>()  // active
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // new cell
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // new hidden
+                                  .Ret<ffi::Buffer<ffi::F32>>()); // step
