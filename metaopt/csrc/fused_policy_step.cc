@@ -203,10 +203,14 @@ ffi::Error FusedPolicyStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> cell,
                step->typed_data(),       rows,                 H,
                obs_dim};
   const int64_t n_tiles = (rows + kRows - 1) / kRows;
-  const int64_t threads = std::clamp<int64_t>(n_tiles / 16, 1, std::max<int64_t>(1, pool.num_threads()));
+  const int64_t threads =
+      std::clamp<int64_t>(n_tiles / 16, 1, std::max<int64_t>(1, pool.num_threads()));
   const int64_t block = std::max<int64_t>(1, n_tiles / (8 * threads));
   auto progress = std::make_shared<Progress>();
-  for (int64_t t = 1; t < threads; ++t)
+  // With several threads, one helper per thread besides the caller: a woken helper often lands
+  // on the caller's core (wake-affine scheduling) and only the other one then runs in parallel;
+  // with threads - 1 helpers, 2 of 5 benchmark processes ran at one core's speed throughout.
+  for (int64_t t = 0; threads > 1 && t < threads; ++t)
     pool.Schedule([s, progress, n_tiles, block] { run_tiles(s, *progress, n_tiles, block); });
   run_tiles(s, *progress, n_tiles, block);
   while (progress->done.load(std::memory_order_acquire) < n_tiles) std::this_thread::yield();
