@@ -84,8 +84,11 @@ def _build(compiler: str, *, rebuild: bool = False) -> Path:
     cache = _cache_dir()
     try:
         cache.mkdir(parents=True, exist_ok=True)
+        writable = os.access(cache, os.W_OK)
     except OSError:
-        cache = Path(tempfile.gettempdir()) / "metaopt-kernels"
+        writable = False
+    if not writable:
+        cache = Path(tempfile.gettempdir()) / f"metaopt-kernels-{os.getuid()}"
         cache.mkdir(parents=True, exist_ok=True)
     library = cache / f"fused_policy_step-{key}.so"
     if library.exists() and not rebuild:
@@ -105,6 +108,7 @@ def _build(compiler: str, *, rebuild: bool = False) -> Path:
             os.replace(partial, library)
             return library
         errors.append("\n".join([ln for ln in result.stderr.splitlines() if "error" in ln][:10]))
+    partial.unlink(missing_ok=True)
     raise RuntimeError(f"{compiler} could not build {_SOURCE.name}:\n" + "\n".join(errors))
 
 

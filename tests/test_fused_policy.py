@@ -272,3 +272,11 @@ def test_concurrent_first_builds_and_a_damaged_cached_library(tmp_path):
     result = _subprocess(env, tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"LIBRARY {built[0]}" in result.stdout and built[0].stat().st_size > 1000
+
+
+def test_unusable_cache_folder_falls_back_to_the_temp_folder(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    result = _subprocess({"METAOPT_KERNEL_CACHE": str(blocker)}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "LIBRARY None" not in result.stdout and "metaopt-kernels-" in result.stdout

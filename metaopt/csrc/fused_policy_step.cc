@@ -89,12 +89,19 @@ struct Step {
   int64_t rows, hidden_size, obs_dim;
 };
 
-// Rows [r0, r0 + kRows) (fewer in the last tile; the tile is padded with copies of its last row).
-void step_tile(const Step& s, int64_t r0) {
-  const int64_t H = s.hidden_size, G = 4 * H, D = s.obs_dim + H;
-  const int64_t n = std::min(kRows, s.rows - r0);
+// Per-thread scratch for one tile (82 KB: on the heap, not on a caller's stack of unknown size;
+// allocated once per thread).
+struct Scratch {
   alignas(64) float input[kRows][kMaxObs + kMaxHidden];
   alignas(64) float gates[kRows][4 * kMaxHidden];
+};
+
+// Rows [r0, r0 + kRows) (fewer in the last tile; the tile is padded with copies of its last row).
+void step_tile(const Step& s, int64_t r0, Scratch& scratch) {
+  const int64_t H = s.hidden_size, G = 4 * H, D = s.obs_dim + H;
+  const int64_t n = std::min(kRows, s.rows - r0);
+  auto& input = scratch.input;
+  auto& gates = scratch.gates;
   for (int64_t r = 0; r < kRows; ++r) {
     const int64_t src = r0 + std::min(r, n - 1);
     std::memcpy(&input[r][0], s.obs + src * s.obs_dim, s.obs_dim * sizeof(float));
@@ -154,11 +161,13 @@ struct Progress {
 };
 
 void run_tiles(const Step& s, Progress& progress, int64_t n_tiles, int64_t block) {
+  thread_local std::unique_ptr<Scratch> scratch;  // kept for the thread's next calls
   for (;;) {
     const int64_t t0 = progress.next.fetch_add(block);
     if (t0 >= n_tiles) return;
+    if (!scratch) scratch = std::make_unique<Scratch>();
     const int64_t t1 = std::min(n_tiles, t0 + block);
-    for (int64_t t = t0; t < t1; ++t) step_tile(s, t * kRows);
+    for (int64_t t = t0; t < t1; ++t) step_tile(s, t * kRows, *scratch);
     progress.done.fetch_add(t1 - t0, std::memory_order_release);
   }
 }
