@@ -197,14 +197,16 @@ ffi::Error FusedPolicyStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> cell,
 
   // The kernel re-laid out as (G / kCols) contiguous (D, kCols) panels: the matmul then streams
   // one panel per pass instead of striding 4H floats per row (L1 set conflicts).
-  std::unique_ptr<float[]> packed(new float[D * G]);
+  // 64-byte aligned, so no vector load of a panel straddles two cache lines.
+  std::unique_ptr<float[]> storage(new float[D * G + 16]);
+  float* packed = storage.get() + (16 - reinterpret_cast<uintptr_t>(storage.get()) / 4 % 16) % 16;
   for (int64_t c0 = 0; c0 < G; c0 += kCols)
     for (int64_t k = 0; k < D; ++k)
       std::memcpy(&packed[c0 * D + k * kCols], kernel.typed_data() + k * G + c0,
                   kCols * sizeof(float));
 
   const Step s{cell.typed_data(),        hidden.typed_data(),  obs.typed_data(),
-               packed.get(),             bias.typed_data(),    head_kernel.typed_data(),
+               packed,                   bias.typed_data(),    head_kernel.typed_data(),
                active.typed_data(),      count(active) == rows,
                head_bias.typed_data()[0], new_cell->typed_data(), new_hidden->typed_data(),
                step->typed_data(),       rows,                 H,
