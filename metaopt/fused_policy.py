@@ -8,8 +8,10 @@ falls back to the XLA path elsewhere (accelerators, meshes) or when the kernel c
 The kernel is compiled on first use with the system C++ compiler (``$CXX``, else ``c++``/``g++``)
 against jaxlib's XLA FFI headers, for this machine's instruction set (``-march=native``), and
 cached under ``$METAOPT_KERNEL_CACHE`` (default ``~/.cache/metaopt/kernels``), keyed by the
-source, jaxlib version and CPU. No compiler, or a failed build: one warning, then the XLA path.
-``METAOPT_FUSED_POLICY=0`` turns it off.
+source, jaxlib version and CPU. It is used on x86-64 CPUs with AVX2 or AVX-512 (its register
+tiling is written for those; a 4-float SSE build measured 5x slower than the matmul); other CPUs
+run the XLA path silently. No compiler, a failed build, or an x86 CPU without AVX2: one warning,
+then the XLA path. ``METAOPT_FUSED_POLICY=0`` turns it off.
 
 Gradients: the kernel has none of its own; a JVP rule differentiates the XLA path instead, so
 ``jax.grad``/``jax.jvp`` through ``learned_opt`` give the same derivatives as without the kernel.
@@ -46,6 +48,9 @@ _SOURCE = Path(__file__).with_name("csrc") / "fused_policy_step.cc"
 _TARGET = "metaopt_fused_policy_step"
 _SYMBOL = "MetaoptFusedPolicyStep"
 _MAX_HIDDEN = 512
+# Measured (benchmarks/RESULTS.md): AVX-512 and AVX2 builds beat XLA's step; a 4-float (SSE)
+# build runs 5x slower than the matmul, so it is not used.
+_MIN_LANES = 8
 _MAX_OBS = 8
 _lock = threading.Lock()
 _state: dict = {}
@@ -120,6 +125,8 @@ def kernel_library() -> Path | None:
     """
     if os.environ.get("METAOPT_FUSED_POLICY", "1") == "0":
         return None
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None  # tuned and measured for x86 AVX2/AVX-512 only; XLA elsewhere
     with _lock:
         if "library" in _state:
             return _state["library"]
@@ -140,6 +147,12 @@ def kernel_library() -> Path | None:
                 except OSError:  # a damaged cached build: build it again, once
                     library = _build(compiler, rebuild=True)
                     handle = ctypes.cdll.LoadLibrary(str(library))
+                lanes = handle.MetaoptFusedPolicyStepLanes()
+                if lanes < _MIN_LANES:
+                    raise RuntimeError(
+                        f"this CPU has no AVX2 ({lanes}-float vectors), where the kernel is "
+                        "slower than XLA"
+                    )
                 jax.ffi.register_ffi_target(
                     _TARGET, jax.ffi.pycapsule(getattr(handle, _SYMBOL)), platform="cpu"
                 )

@@ -280,3 +280,55 @@ def test_unusable_cache_folder_falls_back_to_the_temp_folder(tmp_path):
     result = _subprocess({"METAOPT_KERNEL_CACHE": str(blocker)}, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "LIBRARY None" not in result.stdout and "metaopt-kernels-" in result.stdout
+
+
+_ISA_CHECK = textwrap.dedent("""
+    import ctypes, sys
+    import jax, jax.numpy as jnp, numpy as np
+    import metaopt.fused_policy as fp
+    from metaopt.policy import LSTMCarry, apply_policy, init_policy
+    handle = ctypes.cdll.LoadLibrary(sys.argv[1])
+    fp._TARGET = "metaopt_fused_policy_step_isa_check"
+    jax.ffi.register_ffi_target(fp._TARGET, jax.ffi.pycapsule(handle.MetaoptFusedPolicyStep),
+                                platform="cpu")
+    fp._state["library"] = sys.argv[1]
+    theta = jax.tree.map(lambda w: w + 0.3 * jax.random.normal(jax.random.key(3), w.shape),
+                         init_policy(jax.random.key(0)))
+    worst = 0.0
+    for rows in (0, 5, 13, 200):
+        keys = jax.random.split(jax.random.key(rows), 3)
+        carry = LSTMCarry(*(jax.random.normal(k, (rows, 128)) for k in keys[:2]))
+        obs = jax.random.normal(keys[2], (rows, 3))
+        active = jnp.arange(rows) % 4 != 1
+        got = jax.jit(lambda c, o, a: fp.fused_policy_step(theta, c, o, active=a))(carry, obs, active)
+        want = apply_policy(theta, carry, obs, active=active)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            if a.size:
+                worst = max(worst, float(jnp.max(jnp.abs(a - b))))
+    print("LANES", handle.MetaoptFusedPolicyStepLanes(), "WORST", worst)
+""")
+
+
+@pytest.mark.parametrize("flags, lanes", [(["-march=haswell"], 8), ([], 4)],
+                         ids=["avx2", "baseline-x86-64"])
+def test_narrower_vector_builds_compute_the_same_function(tmp_path, flags, lanes):
+    """The AVX2 build (used where there is no AVX-512) and the 4-float build (built, then not
+    used) on this machine: same results as the XLA path, and the lane count Python checks."""
+    from metaopt import fused_policy
+
+    cpu_flags = fused_policy._cpu_signature().split()
+    if flags and not {"avx2", "fma"} <= set(cpu_flags):
+        pytest.skip("this CPU cannot run an AVX2 build")
+    library = tmp_path / "kernel.so"
+    build = subprocess.run(
+        [fused_policy._compiler(), "-O3", "-std=c++17", "-ffp-contract=fast", "-shared", "-fPIC",
+         "-w", f"-I{jax.ffi.include_dir()}", *flags, str(fused_policy._SOURCE), "-o", str(library)],
+        capture_output=True, text=True, check=False)
+    assert build.returncode == 0, build.stderr
+    result = subprocess.run([sys.executable, "-c", _ISA_CHECK, str(library)],
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
+                            text=True, timeout=240, check=False)
+    assert result.returncode == 0, result.stderr
+    _, got_lanes, _, worst = result.stdout.split()
+    assert int(got_lanes) == lanes
+    assert float(worst) < 2e-5

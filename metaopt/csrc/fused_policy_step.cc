@@ -27,7 +27,7 @@
 #include <thread>
 
 #include "xla/ffi/api/ffi.h"
-#if defined(__AVX512F__)
+#if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -35,49 +35,60 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-typedef float v16 __attribute__((vector_size(64)));
-constexpr int64_t kRows = 8;        // rows per tile: 8 × 2 vector accumulators in registers
-constexpr int64_t kCols = 32;       // gate columns per micro-kernel pass
+// One register's worth of floats and the tile shape that keeps 2·kRows accumulators, two weight
+// vectors and a broadcast in the register file (32 registers with AVX-512, 16 with AVX2/SSE).
+#if defined(__AVX512F__)
+constexpr int64_t kLanes = 16;
+constexpr int64_t kRows = 8;
+typedef float vf __attribute__((vector_size(64)));
+// A memory broadcast; `vf{} + x` would compile to an add and a shuffle that competes with the
+// FMAs for port 5 and halves the matmul's rate.
+inline vf splat(float x) { return (vf)_mm512_set1_ps(x); }
+#elif defined(__AVX2__)
+constexpr int64_t kLanes = 8;
+constexpr int64_t kRows = 6;
+typedef float vf __attribute__((vector_size(32)));
+inline vf splat(float x) { return (vf)_mm256_set1_ps(x); }
+#else
+constexpr int64_t kLanes = 4;
+constexpr int64_t kRows = 6;
+typedef float vf __attribute__((vector_size(16)));
+inline vf splat(float x) { return vf{} + x; }
+#endif
+constexpr int64_t kCols = 2 * kLanes;  // gate columns per micro-kernel pass
 constexpr int64_t kMaxHidden = 512;
 constexpr int64_t kMaxObs = 8;
 
-inline v16 load(const float* p) { v16 v; std::memcpy(&v, p, sizeof v); return v; }
-inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
-#if defined(__AVX512F__)
-// A memory broadcast; `v16{} + x` would compile to an add and a shuffle that competes with the
-// FMAs for port 5 and halves the matmul's rate.
-inline v16 splat(float x) { return (v16)_mm512_set1_ps(x); }
-#else
-inline v16 splat(float x) { return v16{} + x; }
-#endif
+inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
+inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 
 // Eigen's ptanh_float, which XLA:CPU also emits: with FMA, clamping at 7.9988 makes the
 // approximation saturate at exactly ±1 (XLA's tanh(8) == 1.0f); without, at 7.9053.
-inline v16 tanh16(v16 x) {
+inline vf tanh_v(vf x) {
 #if defined(__FMA__)
-  const v16 limit = splat(7.99881172180175781f);
+  const vf limit = splat(7.99881172180175781f);
 #else
-  const v16 limit = splat(7.90531110763549805f);
+  const vf limit = splat(7.90531110763549805f);
 #endif
-  v16 c = x > limit ? limit : x;
+  vf c = x > limit ? limit : x;
   c = c < -limit ? -limit : c;
-  const v16 c2 = c * c;
-  v16 p = c2 * splat(-2.76076847742355e-16f) + splat(2.00018790482477e-13f);
+  const vf c2 = c * c;
+  vf p = c2 * splat(-2.76076847742355e-16f) + splat(2.00018790482477e-13f);
   p = c2 * p + splat(-8.60467152213735e-11f);
   p = c2 * p + splat(5.12229709037114e-08f);
   p = c2 * p + splat(1.48572235717979e-05f);
   p = c2 * p + splat(6.37261928875436e-04f);
   p = c2 * p + splat(4.89352455891786e-03f);
   p = c * p;
-  v16 q = c2 * splat(1.19825839466702e-06f) + splat(1.18534705686654e-04f);
+  vf q = c2 * splat(1.19825839466702e-06f) + splat(1.18534705686654e-04f);
   q = c2 * q + splat(2.26843463243900e-03f);
   q = c2 * q + splat(4.89352518554385e-03f);
-  const v16 r = p / q;
-  const v16 magnitude = x < 0 ? -x : x;
+  const vf r = p / q;
+  const vf magnitude = x < 0 ? -x : x;
   return magnitude < splat(0.0004f) ? x : r;
 }
 
-inline v16 sigmoid16(v16 x) { return splat(0.5f) * tanh16(splat(0.5f) * x) + splat(0.5f); }
+inline vf sigmoid_v(vf x) { return splat(0.5f) * tanh_v(splat(0.5f) * x) + splat(0.5f); }
 
 struct Step {
   const float *cell, *hidden, *obs, *packed_kernel, *bias, *head_kernel;
@@ -107,21 +118,21 @@ void step_tile(const Step& s, int64_t r0, Scratch& scratch) {
     std::memcpy(&input[r][s.obs_dim], s.hidden + src * H, H * sizeof(float));
   }
   for (int64_t c0 = 0; c0 < G; c0 += kCols) {
-    v16 acc[kRows][2];
-    const v16 b0 = load(s.bias + c0), b1 = load(s.bias + c0 + 16);
+    vf acc[kRows][2];
+    const vf b0 = load(s.bias + c0), b1 = load(s.bias + c0 + kLanes);
     for (int64_t r = 0; r < kRows; ++r) acc[r][0] = b0, acc[r][1] = b1;
     const float* w = s.packed_kernel + c0 * D;  // this pass's (D, kCols) panel, contiguous
     for (int64_t k = 0; k < D; ++k, w += kCols) {
-      const v16 w0 = load(w), w1 = load(w + 16);
+      const vf w0 = load(w), w1 = load(w + kLanes);
       for (int64_t r = 0; r < kRows; ++r) {
-        const v16 x = splat(input[r][k]);
+        const vf x = splat(input[r][k]);
         acc[r][0] += x * w0;
         acc[r][1] += x * w1;
       }
     }
     for (int64_t r = 0; r < kRows; ++r) {
       store(&gates[r][c0], acc[r][0]);
-      store(&gates[r][c0 + 16], acc[r][1]);
+      store(&gates[r][c0 + kLanes], acc[r][1]);
     }
   }
   for (int64_t r = 0; r < n; ++r) {
@@ -135,18 +146,18 @@ void step_tile(const Step& s, int64_t r0, Scratch& scratch) {
       s.step[row] = 0.0f;
       continue;
     }
-    v16 head = splat(0.0f);
-    for (int64_t j = 0; j < H; j += 16) {
-      const v16 i = load(&gates[r][j]), f = load(&gates[r][H + j]);
-      const v16 g = load(&gates[r][2 * H + j]), o = load(&gates[r][3 * H + j]);
-      const v16 c = sigmoid16(f) * load(cell + j) + sigmoid16(i) * tanh16(g);
-      const v16 h = sigmoid16(o) * tanh16(c);
+    vf head = splat(0.0f);
+    for (int64_t j = 0; j < H; j += kLanes) {
+      const vf i = load(&gates[r][j]), f = load(&gates[r][H + j]);
+      const vf g = load(&gates[r][2 * H + j]), o = load(&gates[r][3 * H + j]);
+      const vf c = sigmoid_v(f) * load(cell + j) + sigmoid_v(i) * tanh_v(g);
+      const vf h = sigmoid_v(o) * tanh_v(c);
       store(new_cell + j, c);
       store(new_hidden + j, h);
       head += h * load(s.head_kernel + j);
     }
     float total = 0.0f;
-    for (int l = 0; l < 16; ++l) total += head[l];
+    for (int64_t l = 0; l < kLanes; ++l) total += head[l];
     s.step[row] = total + s.head_bias;
   }
 }
@@ -227,6 +238,10 @@ ffi::Error FusedPolicyStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> cell,
 }
 
 }  // namespace
+
+// Floats per vector register this build was compiled for (16 AVX-512, 8 AVX2, 4 otherwise): the
+// Python side only uses the kernel where it was measured to beat XLA (AVX2 and AVX-512).
+extern "C" int MetaoptFusedPolicyStepLanes() { return static_cast<int>(kLanes); }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MetaoptFusedPolicyStep, FusedPolicyStepImpl,
                               ffi::Ffi::Bind()
