@@ -147,7 +147,7 @@ def kernel_library() -> Path | None:
                 except OSError:  # a damaged cached build: build it again, once
                     library = _build(compiler, rebuild=True)
                     handle = ctypes.cdll.LoadLibrary(str(library))
-                lanes = handle.MetaoptFusedPolicyStepLanes()
+                lanes = _state["lanes"] = handle.MetaoptFusedPolicyStepLanes()
                 if lanes < _MIN_LANES:
                     raise RuntimeError(
                         f"this CPU has no AVX2 ({lanes}-float vectors), where the kernel is "
@@ -183,18 +183,20 @@ def fused_policy_available(theta: Theta) -> bool:
 
 
 def _kernel_call(theta, cell, hidden, obs, active):
-    rows_shape = obs.shape[:-1]
-    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    kernel = theta["gates"]["kernel"]
+    n_in, n_gates = kernel.shape
+    cols = 2 * _state["lanes"]
+    # The kernel's panel layout (see the .cc). Identical for every leaf of an update, so XLA
+    # computes it once per program (common-subexpression elimination), not once per call.
+    packed = kernel.reshape(n_in, n_gates // cols, cols).transpose(1, 0, 2)
     out_types = (
         jax.ShapeDtypeStruct(cell.shape, jnp.float32),
         jax.ShapeDtypeStruct(cell.shape, jnp.float32),
-        jax.ShapeDtypeStruct(rows_shape, jnp.float32),
+        jax.ShapeDtypeStruct(obs.shape[:-1], jnp.float32),
     )
     return jax.ffi.ffi_call(_TARGET, out_types)(
-        f32(cell), f32(hidden), f32(obs),
-        f32(theta["gates"]["kernel"]), f32(theta["gates"]["bias"]),
-        f32(theta["head"]["kernel"]), f32(theta["head"]["bias"]),
-        jnp.asarray(active, bool),
+        cell, hidden, obs, packed, theta["gates"]["bias"], theta["head"]["kernel"],
+        theta["head"]["bias"], active,
     )
 
 
@@ -220,7 +222,6 @@ def _batchable_call_vmap(axis_size, in_batched, theta, cell, hidden, obs, active
     # Coordinates are independent: the batch axis becomes more rows.
     grow = lambda a, b: a if b else jnp.broadcast_to(a, (axis_size,) + jnp.shape(a))
     cell, hidden, obs = (grow(a, b) for a, b in zip((cell, hidden, obs), data_batched[:3], strict=True))
-    active = jnp.asarray(active, bool)
     if data_batched[3]:
         active = active.reshape(active.shape + (1,) * (obs.ndim - 1 - active.ndim))
     active = jnp.broadcast_to(active, obs.shape[:-1])

@@ -9,10 +9,10 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from toy_tasks import optax_step
 
 from metaopt.fused_policy import fused_policy_available, fused_policy_step, kernel_library
 from metaopt.learned_optimizer import learned_opt
@@ -179,15 +179,7 @@ def _mlp_problem():
 
 
 def _run(tx, params, loss, steps=25):
-    state = tx.init(params)
-
-    @jax.jit
-    def step(params, state):
-        value, grads = jax.value_and_grad(loss)(params)
-        updates, state = tx.update(grads, state, params, value=value)
-        return optax.apply_updates(params, updates), state, value
-
-    values = []
+    step, state, values = jax.jit(optax_step(tx, loss)), tx.init(params), []
     for _ in range(steps):
         params, state, value = step(params, state)
         values.append(float(value))
@@ -292,6 +284,7 @@ _ISA_CHECK = textwrap.dedent("""
     jax.ffi.register_ffi_target(fp._TARGET, jax.ffi.pycapsule(handle.MetaoptFusedPolicyStep),
                                 platform="cpu")
     fp._state["library"] = sys.argv[1]
+    fp._state["lanes"] = handle.MetaoptFusedPolicyStepLanes()
     theta = jax.tree.map(lambda w: w + 0.3 * jax.random.normal(jax.random.key(3), w.shape),
                          init_policy(jax.random.key(0)))
     worst = 0.0

@@ -12,7 +12,7 @@ import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from toy_tasks import least_squares_problem
+from toy_tasks import least_squares_problem, optax_step
 
 from metaopt import features, learned_optimizer
 from metaopt.learned_optimizer import LearnedOptState, learned_opt
@@ -36,15 +36,6 @@ def _trained_looking_theta(seed=1):
     return {**theta, "head": {"kernel": theta["head"]["kernel"] + head, "bias": jnp.ones(1) * 1e-4}}
 
 
-
-
-def _step_fn(tx, loss_fn, **extra):
-    def step(params, state):
-        value, grads = jax.value_and_grad(loss_fn)(params)
-        updates, state = tx.update(grads, state, params, value=value, **extra)
-        return optax.apply_updates(params, updates), state, value
-
-    return step
 
 
 def _types(tree):
@@ -114,7 +105,7 @@ def test_first_update_is_minus_step_size_times_normalised_gradient():
 def test_untrained_policy_descends():
     params, loss_fn = least_squares_problem()
     tx = learned_opt(init_policy(jax.random.key(0), init_step_size=0.05))
-    step = jax.jit(_step_fn(tx, loss_fn))
+    step = jax.jit(optax_step(tx, loss_fn))
     state = tx.init(params)
     first = loss_fn(params)
     for _ in range(60):
@@ -157,14 +148,12 @@ def test_extra_args_accepted_and_no_recompilation():
     tx = learned_opt(THETA)
     traces = []
 
+    update = optax_step(tx, loss_fn, unexpected_extra_arg=1, another={"a": 2})
+
     @jax.jit
     def step(params, state):
         traces.append(1)
-        value, grads = jax.value_and_grad(loss_fn)(params)
-        updates, state = tx.update(
-            grads, state, params, value=value, unexpected_extra_arg=1, another={"a": 2}
-        )
-        return optax.apply_updates(params, updates), state
+        return update(params, state)[:2]
 
     state = tx.init(params)
     params, state = step(params, state)
@@ -212,7 +201,7 @@ def test_float64_leaves():
         tx = learned_opt(THETA)
         state = tx.init(params)
         types0 = _types(state)
-        step = jax.jit(_step_fn(tx, loss_fn))
+        step = jax.jit(optax_step(tx, loss_fn))
         for _ in range(2):
             params, state, _ = step(params, state)
         assert all(p.dtype == jnp.float64 for p in jax.tree.leaves(params))
@@ -246,7 +235,7 @@ def test_vmap_over_a_batch_of_problems():
 def test_scan_equals_python_loop():
     params, loss_fn = least_squares_problem()
     tx = learned_opt(_trained_looking_theta())
-    step = _step_fn(tx, loss_fn)
+    step = optax_step(tx, loss_fn)
     (scan_params, scan_state), _ = jax.lax.scan(
         lambda c, _: (step(*c)[:2], None), (params, tx.init(params)), length=8
     )
@@ -263,7 +252,7 @@ def test_inside_optax_chain():
     params, loss_fn = least_squares_problem()
     tx = optax.chain(optax.clip_by_global_norm(1.0), learned_opt(THETA))
     state = tx.init(params)
-    step = jax.jit(_step_fn(tx, loss_fn, unused_extra=3))
+    step = jax.jit(optax_step(tx, loss_fn, unused_extra=3))
     for _ in range(3):
         params, state, _ = step(params, state)
     assert int(state[1].count) == 3
@@ -274,7 +263,7 @@ def test_inside_optax_multisteps(dtype):
     params, loss_fn = least_squares_problem(dtype)
     tx = optax.MultiSteps(learned_opt(THETA), every_k_schedule=3)
     state = jax.jit(tx.init)(params)
-    step = jax.jit(_step_fn(tx, loss_fn))
+    step = jax.jit(optax_step(tx, loss_fn))
     moved = []
     for _ in range(6):
         new_params, state, _ = step(params, state)
@@ -374,7 +363,7 @@ def test_nonfinite_gradient_skips_only_that_leaf():
 def test_nonfinite_value_skips_everything_then_recovers():
     params, loss_fn = least_squares_problem()
     tx = learned_opt(THETA)
-    step = jax.jit(_step_fn(tx, loss_fn))
+    step = jax.jit(optax_step(tx, loss_fn))
     update = jax.jit(lambda g, s, p, v: tx.update(g, s, p, value=v))
     state = tx.init(params)
     params, state, _ = step(params, state)

@@ -3,6 +3,7 @@
 import flax.struct
 import jax
 import jax.numpy as jnp
+import optax
 
 
 @flax.struct.dataclass
@@ -35,3 +36,15 @@ def least_squares_problem(dtype=jnp.float32, seed=0):
         return jnp.mean((inputs @ p["w"] + p["b"] - targets) ** 2)
 
     return params, loss_fn
+
+
+def optax_step(tx, loss_fn, **extra):
+    """One step ``(params, state) -> (params, state, value)`` of ``tx`` on ``loss_fn``, passing the
+    loss as ``value=`` (and any ``extra`` keyword arguments) to ``tx.update``."""
+
+    def step(params, state):
+        value, grads = jax.value_and_grad(loss_fn)(params)
+        updates, state = tx.update(grads, state, params, value=value, **extra)
+        return optax.apply_updates(params, updates), state, value
+
+    return step

@@ -12,7 +12,11 @@
 // float32 rounding (different summation order in the matmul).
 //
 // Operands (float32 unless said):
-//   cell, hidden (rows, H); obs (rows, D_obs); kernel (D_obs + H, 4H); bias (4H);
+//   cell, hidden (rows, H); obs (rows, D_obs); packed_kernel (4H / kCols, D_obs + H, kCols): the
+//   (D_obs + H, 4H) gate kernel as contiguous column panels, so each micro-kernel pass streams one
+//   panel instead of striding 4H floats per row (L1 set conflicts); the caller packs it once per
+//   program (an XLA transpose, shared by every call on the same weights), kCols = 2 × the lanes
+//   MetaoptFusedPolicyStepLanes() reports; bias (4H);
 //   head_kernel (H, 1); head_bias (1); active: bool, 1 or `rows` elements (false: the row keeps
 //   its carry and its step is 0).
 // Results: new_cell, new_hidden (rows, H); step (rows).
@@ -184,7 +188,7 @@ void run_tiles(const Step& s, Progress& progress, int64_t n_tiles, int64_t block
 
 ffi::Error FusedPolicyStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> cell,
                                ffi::Buffer<ffi::F32> hidden, ffi::Buffer<ffi::F32> obs,
-                               ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> bias,
+                               ffi::Buffer<ffi::F32> packed_kernel, ffi::Buffer<ffi::F32> bias,
                                ffi::Buffer<ffi::F32> head_kernel, ffi::Buffer<ffi::F32> head_bias,
                                ffi::Buffer<ffi::PRED> active, ffi::ResultBuffer<ffi::F32> new_cell,
                                ffi::ResultBuffer<ffi::F32> new_hidden,
@@ -200,27 +204,27 @@ ffi::Error FusedPolicyStepImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> cell,
   const auto count = [](const auto& buffer) { return static_cast<int64_t>(buffer.element_count()); };
   const int64_t rows = count(cell) / H;
   const int64_t D = obs_dim + H, G = 4 * H;
-  if (count(hidden) != rows * H || count(obs) != rows * obs_dim || count(kernel) != D * G ||
+  if (count(hidden) != rows * H || count(obs) != rows * obs_dim ||
+      count(packed_kernel) != D * G || packed_kernel.dimensions().back() != kCols ||
       count(bias) != G || count(head_kernel) != H || count(head_bias) != 1 ||
       (count(active) != 1 && count(active) != rows) || count(*step) != rows)
     return ffi::Error::InvalidArgument("fused_policy_step: operand sizes do not match");
   if (rows == 0) return ffi::Error::Success();
 
-  // The kernel re-laid out as (G / kCols) contiguous (D, kCols) panels: the matmul then streams
-  // one panel per pass instead of striding 4H floats per row (L1 set conflicts).
-  // 64-byte aligned, so no vector load of a panel straddles two cache lines.
-  std::unique_ptr<float[]> storage(new float[D * G + 16]);
-  float* packed = storage.get() + (16 - reinterpret_cast<uintptr_t>(storage.get()) / 4 % 16) % 16;
-  for (int64_t c0 = 0; c0 < G; c0 += kCols)
-    for (int64_t k = 0; k < D; ++k)
-      std::memcpy(&packed[c0 * D + k * kCols], kernel.typed_data() + k * G + c0,
-                  kCols * sizeof(float));
-
-  const Step s{cell.typed_data(),        hidden.typed_data(),  obs.typed_data(),
-               packed,                   bias.typed_data(),    head_kernel.typed_data(),
-               active.typed_data(),      count(active) == rows,
-               head_bias.typed_data()[0], new_cell->typed_data(), new_hidden->typed_data(),
-               step->typed_data(),       rows,                 H,
+  const Step s{cell.typed_data(),
+               hidden.typed_data(),
+               obs.typed_data(),
+               packed_kernel.typed_data(),
+               bias.typed_data(),
+               head_kernel.typed_data(),
+               active.typed_data(),
+               count(active) == rows,
+               head_bias.typed_data()[0],
+               new_cell->typed_data(),
+               new_hidden->typed_data(),
+               step->typed_data(),
+               rows,
+               H,
                obs_dim};
   const int64_t n_tiles = (rows + kRows - 1) / kRows;
   const int64_t threads =
@@ -249,7 +253,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MetaoptFusedPolicyStep, FusedPolicyStepImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()   // cell
                                   .Arg<ffi::Buffer<ffi::F32>>()   // hidden
                                   .Arg<ffi::Buffer<ffi::F32>>()   // obs
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // kernel
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // packed kernel
                                   .Arg<ffi::Buffer<ffi::F32>>()   // bias
                                   .Arg<ffi::Buffer<ffi::F32>>()   // head kernel
                                   .Arg<ffi::Buffer<ffi::F32>>()   // head bias

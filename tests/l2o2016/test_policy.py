@@ -3,8 +3,8 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from toy_tasks import optax_step
 
 from metaopt.l2o2016 import features
 from metaopt.l2o2016.policy import apply_mlp, init_mlp, l2o2016_opt, load_mlp, save_mlp
@@ -37,12 +37,12 @@ def test_jit_without_retrace_and_dtype_kept(theta):
     tx = l2o2016_opt(theta)
     traces = []
 
+    update = optax_step(tx, loss)
+
     @jax.jit
     def step(params, state):
         traces.append(1)
-        value, grads = jax.value_and_grad(loss)(params)
-        updates, state = tx.update(grads, state, params, value=value)
-        return optax.apply_updates(params, updates), state
+        return update(params, state)[:2]
 
     with jax.enable_x64(True):
         params = {"w": PARAMS["w"].astype(jnp.float64), "b": PARAMS["b"].astype(jnp.bfloat16)}
