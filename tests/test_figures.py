@@ -63,7 +63,8 @@ def test_missing_or_foreign_baselines_file(tmp_path):
     with pytest.raises(ValueError, match="tuned on another task than the figures"):
         tuned_baselines(tmp_path / "r.json")
     assert set(tuned_baselines(BASELINES_FILE)) == {
-        "sgd", "momentum", "adam", "adagrad", "rmsprop", "lbfgs", "conjugate_gradient"}
+        "sgd", "momentum", "adam", "adagrad", "rmsprop", "lbfgs", "conjugate_gradient",
+        "adam_cosine", "momentum_cosine"}
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))

@@ -192,7 +192,8 @@ def _mixed64():
 @pytest.mark.parametrize("name", ["learned_opt", *sorted(BASELINES)])
 def test_float64_mixed_with_float32_and_bfloat16(name):
     with jax.enable_x64(True):
-        tx = _LEARNED if name == "learned_opt" else make_baseline(name, **BASELINES[name].grid_points()[0])
+        tx = (_LEARNED if name == "learned_opt"
+              else make_baseline(name, **BASELINES[name].grid_points(num_steps=5)[0]))
         params = _mixed64()
         state = tx.init(params)
         update = jax.jit(lambda g, s, p, v: tx.update(g, s, p, value=v, grad=g, value_fn=objective))
@@ -229,14 +230,18 @@ def test_learned_opt_clear_errors():
 
 
 def _hyperparams(name):
-    grid = BASELINES[name].grid_points()
-    return st.sampled_from(grid).map(lambda hp: {k: jnp.float32(v) for k, v in hp.items()})
+    spec = BASELINES[name]
+    return st.sampled_from(spec.grid_points(num_steps=3)).map(
+        lambda hp: {k: jnp.float32(v) for k, v in hp.items() if k in spec.grid})
 
 
 def _baseline_fns(name):
-    """Jitted init/update with traced hyperparameters: one compilation per baseline."""
-    init = jax.jit(lambda hp, p: make_baseline(name, **hp).init(p))
-    update = jax.jit(lambda hp, p, s, g, v: make_baseline(name, **hp).update(
+    """Jitted init/update with traced hyperparameters (a horizon, decay_steps, stays a static
+    int): one compilation per baseline."""
+    horizon = BASELINES[name].horizon
+    fixed = {horizon: 3} if horizon else {}
+    init = jax.jit(lambda hp, p: make_baseline(name, **hp, **fixed).init(p))
+    update = jax.jit(lambda hp, p, s, g, v: make_baseline(name, **hp, **fixed).update(
         g, s, p, value=v, grad=g, value_fn=objective))
     return init, update
 

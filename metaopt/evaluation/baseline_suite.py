@@ -32,9 +32,10 @@ def run_baseline_suite(config: BaselineSuiteConfig, out_dir: str | Path) -> dict
         bar.set_postfix_str(name)
         spec = BASELINES[name]
         t0 = time.perf_counter()
-        result = tune(spec.factory, spec.grid_points(), task, config.tuning_seeds,
-                      num_steps=config.num_steps, eval_every=config.eval_every,
-                      grid_batch_size=config.grid_batch_size)
+        # A horizon hyperparameter (decay_steps) is set to the run's steps, not tuned.
+        result = tune(spec.factory, spec.grid_points(num_steps=config.num_steps), task,
+                      config.tuning_seeds, num_steps=config.num_steps,
+                      eval_every=config.eval_every, grid_batch_size=config.grid_batch_size)
         held_out = run_grid(spec.factory, [result.best], task, config.eval_seeds,
                             num_steps=config.num_steps, eval_every=config.eval_every)[0]
         curves[name] = held_out
@@ -65,5 +66,9 @@ def run_baseline_suite(config: BaselineSuiteConfig, out_dir: str | Path) -> dict
 
 
 def _at_grid_edge(best: dict, grid: dict) -> bool:
-    """Whether a tuned value sits at an end of its grid (then the grid may be too narrow)."""
-    return any(len(grid[k]) > 1 and v in (min(grid[k]), max(grid[k])) for k, v in best.items())
+    """Whether a tuned value sits at an end of its grid (then the grid may be too narrow).
+
+    Only the tuned knobs (the keys of ``grid``) count; a fixed one such as ``decay_steps`` does not.
+    """
+    return any(k in grid and len(grid[k]) > 1 and v in (min(grid[k]), max(grid[k]))
+               for k, v in best.items())

@@ -2,18 +2,21 @@
 
 A grid of hyperparameters is run as one compiled program: the optimizer is rebuilt from traced
 hyperparameters inside ``jax.vmap`` (over seeds) and ``lax.map`` (over grid points, in batches so
-memory stays bounded). Tuning chooses the setting with the lowest mean final true objective on the
+memory stays bounded). Integer hyperparameters (Python ints, e.g. a schedule's ``decay_steps``) are
+structural, not traced: they are passed to the factory as ints, one compiled program per distinct
+value. Tuning chooses the setting with the lowest mean final true objective on the
 training task; diverged runs (NaN or inf) score +inf.
 
 Example::
 
   spec = BASELINES["adam"]
-  result = tune(spec.factory, spec.grid_points(), task, seeds=range(5), num_steps=400)
+  result = tune(spec.factory, spec.grid_points(num_steps=400), task, seeds=range(5), num_steps=400)
   result.best, result.scores
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -63,6 +66,10 @@ def run_grid(
 ) -> np.ndarray:
     """True-objective curves of ``factory(**point)`` for every grid point and seed.
 
+    Float hyperparameters are traced (one program for the grid); integer ones (Python or NumPy
+    ints, bools) are passed as they are, static: points that differ in them run as separate
+    programs.
+
     Returns:
       ``(len(grid), len(seeds), num_steps // eval_every + 1)`` float array.
     """
@@ -74,21 +81,49 @@ def run_grid(
         raise ValueError("a grid without hyperparameters has exactly one point: pass [{}].")
     if any(sorted(p) != names for p in grid):
         raise ValueError(f"every grid point must set the same hyperparameters {names}.")
-    stacked = {n: jnp.asarray([float(p[n]) for p in grid], jnp.float32) for n in names}
+    groups: dict[tuple, list[int]] = {}
+    for i, point in enumerate(grid):
+        static = tuple((n, _static_value(point[n])) for n in names if _is_static(point[n]))
+        groups.setdefault(static, []).append(i)
+    keys = seed_keys(seeds)
+    out: list[np.ndarray | None] = [None] * len(grid)
+    for static, rows in groups.items():
+        fixed = dict(static)
+        traced = {n: jnp.asarray([float(grid[i][n]) for i in rows], jnp.float32)
+                  for n in names if n not in fixed}
+        curves = _run_points(factory, fixed, traced, len(rows), keys, task, num_steps=num_steps,
+                             eval_every=eval_every, grid_batch_size=grid_batch_size)
+        for i, c in zip(rows, curves, strict=True):
+            out[i] = c
+    return np.stack(out)
+
+
+def _is_static(value) -> bool:
+    return isinstance(value, numbers.Integral)  # int, bool, NumPy integers; not floats, arrays
+
+
+def _static_value(value):
+    return value if isinstance(value, bool) else int(value)
+
+
+def _run_points(factory, fixed: dict, traced: dict, count: int, keys, task, *, num_steps: int,
+                eval_every: int, grid_batch_size: int | None) -> np.ndarray:
+    """``(count, len(keys), evals)`` curves: ``factory(**fixed, **traced[i])`` for each i."""
 
     @jax.jit
-    def run(stacked, keys, task):
+    def run(traced, keys, task):
         def one_setting(hp):
-            tx = factory(**hp)
+            tx = factory(**fixed, **hp)
             return jax.vmap(
                 lambda k: unroll(tx, task, k, num_steps=num_steps, eval_every=eval_every).true_loss
             )(keys)
 
-        if not stacked:  # nothing to tune: one setting
-            return one_setting({})[None]
-        return jax.lax.map(one_setting, stacked, batch_size=grid_batch_size)
+        if not traced:  # nothing traced: every point is the same setting
+            curves = one_setting({})
+            return jnp.broadcast_to(curves[None], (count, *curves.shape))
+        return jax.lax.map(one_setting, traced, batch_size=grid_batch_size)
 
-    return np.asarray(run(stacked, seed_keys(seeds), task))
+    return np.asarray(run(traced, keys, task))
 
 
 def final_scores(curves: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from metaopt.gps.dynamics import (
     fit_dynamics,
     pooled_time_prior,
     posterior_mean_covariance,
+    relative_ridge,
 )
 from metaopt.gps.lqg import (
     BackwardPassResult,
@@ -95,6 +96,7 @@ __all__ = [
     "negative_log_likelihood_cost",
     "pooled_time_prior",
     "posterior_mean_covariance",
+    "relative_ridge",
     "solve_dtype",
     "solve_with_pd_fallback",
     "select_moments",

@@ -5,7 +5,7 @@ summarised by ``RegressionMoments``. The fit forms the NIW posterior covariance 
 on the (s, a) block and conditions s_{t+1} on z = [s_t; a_t]:
 
     Σ   = [N·S + n₀·Φ + (N·n₀ / (N + n₀))·(μ̂ − μ₀)(μ̂ − μ₀)ᵀ] / (N + n₀),   μ = μ̂,
-    Σ_zz += ridge·I,   [A B] = Σ_{x'z} Σ_zz⁻¹,   c = μ_{x'} − [A B] μ_z,
+    Σ_zz += ridge·diag(Σ_zz),   [A B] = Σ_{x'z} Σ_zz⁻¹,   c = μ_{x'} − [A B] μ_z,
     F   = Σ_{x'x'} − [A B] Σ_{zx'}.
 
 The default prior pools the group's moments over all its time steps (μ₀, Φ = their mean and
@@ -97,6 +97,23 @@ def posterior_mean_covariance(moments: RegressionMoments,
     return mean, symmetrize(numerator / jnp.maximum(n + n0, jnp.finfo(dtype).tiny))
 
 
+def relative_ridge(matrix: jax.Array, ridge: float) -> jax.Array:
+    """The diagonal matrix ``ridge``·diag(M) to add to M: a ridge in M's own units.
+
+    An absolute ridge acts differently on every scale of the problem: 1e-3·I on regressors whose
+    variances are 1e-6–1e-4 crushed the fitted dynamics (a coefficient that is exactly 1 came
+    out 0.02). Relative to each entry's variance the fit is invariant to rescaling any entry.
+    Entries that never vary (diag ≤ 0: undefined features, exactly 0) get the mean variance
+    instead, which keeps the solve defined and gives them zero gain.
+    Returns ``(..., n, n)``.
+    """
+    diag = jnp.diagonal(matrix, axis1=-2, axis2=-1)
+    fallback = jnp.maximum(jnp.mean(jnp.maximum(diag, 0.0), -1, keepdims=True),
+                           jnp.finfo(matrix.dtype).tiny)
+    added = jnp.where(diag > 0, ridge * diag, fallback)
+    return added[..., None] * jnp.eye(matrix.shape[-1], dtype=matrix.dtype)
+
+
 def condition_gaussian(mean: jax.Array, covariance: jax.Array, input_dim: int,
                        ridge: float = 0.0) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Linear-Gaussian conditional of y[input_dim:] given y[:input_dim].
@@ -104,13 +121,14 @@ def condition_gaussian(mean: jax.Array, covariance: jax.Array, input_dim: int,
     Args:
       mean: ``(..., D)``; covariance: ``(..., D, D)``.
       input_dim: n, the width of the conditioning block z.
-      ridge: added to the diagonal of the z block before solving.
+      ridge: relative ridge on the z block: ``ridge``·diag(Σ_zz) (+ a tiny floor) is added
+        before solving (``relative_ridge``), so the fit does not depend on the units of z.
 
     Returns:
       gain ``(..., D − n, n)``, offset ``(..., D − n)``, covariance ``(..., D − n, D − n)``.
     """
     sigma_zz = covariance[..., :input_dim, :input_dim]
-    sigma_zz = sigma_zz + ridge * jnp.eye(input_dim, dtype=covariance.dtype)
+    sigma_zz = sigma_zz + relative_ridge(sigma_zz, ridge)
     sigma_zy = covariance[..., :input_dim, input_dim:]
     chol = jnp.linalg.cholesky(sigma_zz)
     gain = jnp.swapaxes(jax.scipy.linalg.cho_solve((chol, True), sigma_zy), -1, -2)
@@ -133,8 +151,10 @@ def fit_dynamics(moments: RegressionMoments, state_dim: int,
         prior_strength)``.
       prior_strength: n₀ of the default prior, scalar or ``(..., T)`` (e.g. proportional to
         ``moments.count``); 0 for no prior (then groups with fewer points than D need the ridge).
-      ridge: added to the (s, a) block of the posterior covariance (1e-3, as in the reference).
-      initial_state_variance: added to the diagonal of the pooled s_0 covariance.
+      ridge: relative ridge on the (s, a) block of the posterior covariance (``relative_ridge``;
+        the reference's 1e-3·I is absolute, for its O(1) states).
+      initial_state_variance: relative ridge on the empirical s_0 covariance
+        (``relative_ridge``: the variance of every entry × (1 + this), plus a tiny floor).
 
     Returns:
       ``LinearGaussianDynamics`` with ``(..., T, ...)`` matrices; ``initial_mean`` / ``_covariance``
@@ -153,14 +173,14 @@ def fit_dynamics(moments: RegressionMoments, state_dim: int,
     first_step = RegressionMoments(moments.count[..., 0], moments.first[..., 0, :],
                                    moments.second[..., 0, :, :])
     _, empirical = mean_covariance(jax.tree.map(lambda x: x.astype(mean.dtype), first_step))
-    eye = jnp.eye(state_dim, dtype=mean.dtype)
+    initial = empirical[..., :state_dim, :state_dim]
     return LinearGaussianDynamics(
         state_matrix=gain[..., :state_dim],
         action_matrix=gain[..., state_dim:],
         offset=offset,
         covariance=noise,
         initial_mean=mean[..., 0, :state_dim],
-        initial_covariance=empirical[..., :state_dim, :state_dim] + initial_state_variance * eye,
+        initial_covariance=initial + relative_ridge(initial, initial_state_variance),
     )
 
 

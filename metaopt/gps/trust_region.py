@@ -228,17 +228,21 @@ def update_step_multiplier(step_multiplier: jax.Array, predicted_improvement: ja
                            max_change: float = 5.0) -> jax.Array:
     """New KL step multiplier from predicted vs actual improvement (SPEC §2).
 
-    change = predicted / (2·max(1e-4, predicted − actual)), clipped to [0.1, 5]; the multiplier
+    change = predicted / (2·max(1e-4·|predicted|, predicted − actual)), clipped to [0.1, 5]; the multiplier
     becomes clip(change·step_mult, 0.01, 10). This maximises the improvement model
     I(ε) = a·ε + b·ε² fitted to the two improvements.
 
     Args:
       step_multiplier, predicted_improvement, actual_improvement: scalars or ``(...)``;
-        predicted = cost(ψ_prev) − cost(ψ_cur) under the previous model, actual = the same
-        difference with ψ_cur costed under the current model (see ``estimated_cost``).
+        predicted = the C-step's own estimate of its improvement, actual = the improvement
+        realised on fresh samples (``metaopt.training.gps_loop`` measures it with common random
+        numbers). A non-positive prediction shrinks the multiplier by the most allowed.
     """
-    predicted = jnp.asarray(predicted_improvement)
+    predicted = jnp.asarray(predicted_improvement, jnp.result_type(float))
     actual = jnp.asarray(actual_improvement)
-    change = predicted / (2.0 * jnp.maximum(1e-4, predicted - actual))
+    # The reference's floor 1e-4 is absolute (its costs are O(1)); here it is relative to the
+    # predicted improvement, so the rule reads the same at every scale of the objective.
+    floor = 1e-4 * jnp.maximum(jnp.abs(predicted), jnp.finfo(predicted.dtype).tiny)
+    change = predicted / (2.0 * jnp.maximum(floor, predicted - actual))
     change = jnp.clip(change, min_change, max_change)
     return jnp.clip(change * step_multiplier, min_step_multiplier, max_step_multiplier)

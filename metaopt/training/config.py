@@ -46,22 +46,29 @@ class TrainConfig:
     initial_step_multiplier: float = 1.0
     max_step_multiplier: float = 10.0   # reference value; the paper preset caps it (measured)
     initial_eta: float = 1.0
-    initial_penalty: float = 0.01
+    # ν₀ in units of η (ours): ν = initial_penalty·η once π has been fit, 0 (no coupling) before.
+    initial_penalty: float = 0.1
     dual_rate: float = 0.2
     penalty_upper: float = 0.5
     penalty_lower: float = 1.0
     penalty_increase: float = 2.0
     penalty_decrease: float = 0.5
     sequential_c_step: bool = True      # lax.map over groups (CPU); False: vmap (accelerators)
-    # Whether the controllers may act on g* (SPEC §3's privileged state, the default). Measured on
-    # the paper preset (results/train, results/ablation-observable, experiments/gps_model_checks):
-    # with g* the C-step moved the gain from ĝ (0.3 → 0.004) to g* (0 → −0.1) and dropped
-    # momentum, which the policy (it never sees g*) cannot follow; iteration 2's controller with
-    # its g* gain zeroed was worse than its start (final f 0.430 vs 0.420). False: the
-    # controllers see [Φ, ĝ, a(t−1)] and the cost uses E[g* | that state] (same expected cost for
-    # such controllers). It did not help: the controllers' samples went 0.561 → 0.568 → 0.587
-    # (mean_t f) where the default went 0.561 → 0.549 → 0.539; the default stays.
-    privileged_gradient: bool = True
+    # The C-step: "lqr" (the paper's: fitted per-coordinate dynamics, KL-constrained LQG, η
+    # search) or "pathwise" (ours: exact gradient of the samples' objective through the unroll,
+    # KL-constrained natural-gradient steps; ``metaopt.training.pathwise``).
+    c_step: str = "lqr"
+    pathwise_steps: int = 3             # gradient evaluations per pathwise C-step
+    kl_step_cap: float = 5.0            # pathwise: KL per time step ≤ kl_step_cap·kl_step
+    # Relative ridge on E[s̃s̃ᵀ] in the natural gradient. Measured on the paper preset's first
+    # iteration (one step, ε = 80): 1e-3 and 1e-1 gave J 0.561 → 0.519 / 0.518 on the samples,
+    # 0.560 → 0.527 / 0.524 on fresh ones; 1e-6 is not positive definite in float64.
+    pathwise_ridge: float = 1e-3
+    # Whether the controllers may act on g*. Measured on the paper preset (issue 5,
+    # results/ablation-observable): with g* the C-step moved the gain from ĝ (0.3 → 0.004) to g*
+    # (0 → −0.1), which the policy (it never sees g*) cannot follow. False (default): the
+    # controllers see [Φ, ĝ, a(t−1)] and g* enters only the cost (LQR: through E[g* | s]).
+    privileged_gradient: bool = False
     # Scale the per-group curvature so the tied cost matches the samples' realised objective
     # changes (``curvature.calibrate_to_realized_change``). Measured κ ≈ 1.57 at every t for
     # momentum lr 0.15-0.6: uncalibrated, the cost overstated the decrease 1.1-2.9×. With the
@@ -75,6 +82,7 @@ class TrainConfig:
     # A rollout whose samples end above this multiple of f(x_0) (or hold NaN/inf) is rolled back.
     divergence_ratio: float = 2.0
     dynamics_prior_strength: float = 1.0
+    # Ridges relative to the regressors' variances (``metaopt.gps.relative_ridge``).
     dynamics_ridge: float = 1e-3
     policy_prior_strength: float = 1.0
     policy_ridge: float = 1e-3
@@ -84,6 +92,13 @@ class TrainConfig:
     s_step_iterations: int = 50
     s_step_batch_size: int = 16
     s_step_learning_rate: float = 1e-3
+
+    def __post_init__(self):
+        if self.c_step not in ("lqr", "pathwise"):
+            raise ValueError(f"TrainConfig.c_step must be 'lqr' or 'pathwise', got {self.c_step!r}")
+        if self.horizon < 1 or self.num_samples < 1 or self.pathwise_steps < 1:
+            raise ValueError("TrainConfig: horizon, num_samples and pathwise_steps must be ≥ 1 "
+                             f"(got {self.horizon}, {self.num_samples}, {self.pathwise_steps})")
 
     @classmethod
     def tiny(cls, **overrides) -> "TrainConfig":
@@ -107,13 +122,12 @@ class TrainConfig:
 PAPER_SETTING = dict(
     dataset="mnist", widths=(48, 48, 10), batch_size=64, activation="relu", l2=5e-4,
     horizon=400, hidden_size=128, learning_rate=0.3, momentum=0.5,
+    # The pathwise C-step (measured against the LQR on the same samples: README, issue 15),
+    # one S-step / dual step / C-step per iteration, judged on the next iteration's samples.
+    c_step="pathwise", inner_iterations=1, pathwise_steps=3, max_step_multiplier=5.0,
     # reduced
-    num_samples=10, iterations=10, num_tracked=32, train_eval_subset=5000,
-    exploration_variance=1e-6, s_step_iterations=100, s_step_batch_size=64,
-    # Not a time knob: with the reference's cap of 10 the KL budget grew to 800 nats per group by
-    # iteration 2 and the samples' true objective rose from 0.535 to 0.671 (model mismatch), so
-    # the budget stays at most ε·T = 80 per group.
-    max_step_multiplier=1.0,
+    num_samples=10, iterations=6, num_tracked=32, train_eval_subset=5000,
+    exploration_variance=1e-6, s_step_iterations=150, s_step_batch_size=64,
 )
 
 

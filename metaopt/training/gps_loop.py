@@ -1,17 +1,23 @@
-"""BADMM guided policy search, convolutional (one LQG per coordinate group): the outer loop.
+"""BADMM guided policy search, convolutional (one controller per coordinate group): the outer loop.
 
 One GPS iteration (``gps_iteration``), following the reference's ``Algorithm.iteration``:
 
 1. ``rollout``: N samples from the current controllers ψ (the trust-region reference).
-2. Model: dynamics per (g, t) from the pooled moments (NIW prior pooled over time), the tied cost
-   w_t·(g*·a + ½ h_{g,t} a²) with the measured curvature, and π's linearisation. With
-   ``TrainConfig.privileged_gradient=False`` the model's state is the *observable* GPS state
-   (Φ, ĝ, a(t−1)) and g* enters the cost through its regression E[g* | s].
-3. Step multiplier (from iteration 1): predicted vs actual improvement of the Laplace cost
-   estimate (``metaopt.gps.update_step_multiplier``).
-4. ``inner_iterations`` times: [S-step (not at iteration 0, inner 0), π refit, dual step on λ
-   (and ν on the last inner iteration)], then the C-step: η search under Σ_t KL(ψ_new‖ψ) ≤ ε.
-5. ψ ← ψ_new; the evaluation of π's mean (through ``learned_opt``) goes into the log.
+2. Judge the last C-step on these fresh samples: the previous controller is re-run with the same
+   noise and minibatches (common random numbers, ``pathwise.sampled_objective``); the realised fall
+   of J = mean_t f(x_t) against the C-step's own prediction sets the step multiplier
+   (``metaopt.gps.update_step_multiplier``), and a C-step that made J worse is rolled back.
+3. ``inner_iterations`` times: [S-step (not at iteration 0, inner 0), π refit, dual step on λ
+   (and ν on the last inner iteration)], then the C-step under Σ_t KL(ψ_new‖ψ) ≤ ε:
+   - ``c_step="lqr"`` (the paper's): dynamics per (g, t) from the pooled moments (NIW prior pooled
+     over time), the tied cost w_t·(g*·a + ½ h_{g,t} a²) with the measured curvature, π's
+     linearisation, and the η search of the KL-constrained LQG. With the observable state (the
+     default) g* enters the cost through its regression E[g* | s];
+   - ``c_step="pathwise"`` (ours): the exact gradient of J on the samples through the unroll and
+     KL-constrained natural-gradient steps (``metaopt.training.pathwise``).
+   The policy coupling (ν, λ) starts once π has been fit, with ν = ``initial_penalty``·η.
+4. ψ ← ψ_new; the evaluation of π's mean (through ``learned_opt``) goes into the log, with the
+   imitation gap (π's mean_t f minus the controllers').
 
 The state between iterations (``TrainState``) is float32 NumPy (the solves run in float64 inside
 ``metaopt.gps.float64()``), so a checkpointed run resumes bit-for-bit; all randomness derives from
@@ -34,16 +40,14 @@ from metaopt.evaluation.unroll import unroll
 from metaopt.gps import (
     BadmmDuals,
     LinearGaussianController,
-    LinearGaussianDynamics,
     estimated_cost,
     eta_search,
     float64,
-    tied_coordinate_cost,
     update_step_multiplier,
 )
 from metaopt.learned_optimizer import learned_opt
 from metaopt.policy import init_policy
-from metaopt.training import checkpoint, policy_fit
+from metaopt.training import checkpoint, pathwise, policy_fit
 from metaopt.training import mesh as mesh_lib
 from metaopt.training.config import PAPER_SETTING, TrainConfig, make_dataset_task, make_task
 from metaopt.training.model import (
@@ -58,8 +62,9 @@ from metaopt.training.model import (
 from metaopt.training.rollout import RolloutData, TrackedCoordinates, rollout, select_tracked
 
 __all__ = [  # the loop, plus the config and model names it re-exports for convenience
-    "PAPER_SETTING", "PreviousModel", "TrainConfig", "TrainState", "c_step", "fit_model",
-    "gps_iteration", "init_state", "make_dataset_task", "make_task", "model_state_dim",
+    "PAPER_SETTING", "PreviousModel", "TrainConfig", "TrainState", "c_step", "couple",
+    "coupled", "fit_model", "gps_iteration", "group_sizes", "init_state",
+    "lqr_predicted_improvement", "make_dataset_task", "make_task", "model_state_dim",
     "roll_back", "run_c_step", "train", "calibrate_curvature", "collective_response",
     "from_model", "rollout_fault", "to_model",
 ]
@@ -68,18 +73,16 @@ STATE_DIM = features.GPS_STATE_DIM
 
 
 class PreviousModel(NamedTuple):
-    """The previous iteration's controller and model, for the step-multiplier update.
+    """The last C-step, to be judged on the next iteration's fresh samples.
 
-    ``dynamics``, ``linearization`` and the gradient model ``(M (G, T, 1, dM), m (G, T, 1))`` live
-    in the model's state space (``model_state_dim``); ``controller`` in the full GPS state.
+    Attributes:
+      controller: ψ before the C-step (GPS state), the controller the last samples came from.
+      predicted_improvement: the C-step's own estimate of the fall of J = mean_t f(x_t) (its
+        model's for the LQR, the change on its own samples for the pathwise step); NaN: none.
     """
 
     controller: LinearGaussianController
-    dynamics: LinearGaussianDynamics
-    curvature: jax.Array
-    linearization: LinearGaussianController
-    gradient_coefficients: jax.Array
-    gradient_offset: jax.Array
+    predicted_improvement: Any
 
 
 class TrainState(NamedTuple):
@@ -128,31 +131,41 @@ def condition_key(config: TrainConfig) -> jax.Array:
 
 
 def init_state(config: TrainConfig, task) -> TrainState:
-    """Momentum controllers, fresh policy, λ = 0, ν = ν₀, η and step multiplier at their starts."""
+    """Momentum controllers, fresh policy, λ = 0, ν = 0 (no coupling until π is first fit)."""
     num_groups = len(jax.tree.leaves(task.init_params(jax.random.key(0))))
     controller = momentum_controller(
         learning_rate=config.learning_rate, momentum=config.momentum, horizon=config.horizon,
         variance=config.exploration_variance, num_groups=num_groups)
     theta = init_policy(jax.random.key(config.seed + 2), hidden_size=config.hidden_size,
                         init_step_size=config.init_step_size)
-    shape, dim = (num_groups, config.horizon), model_state_dim(config)
-    zeros_dynamics = LinearGaussianDynamics(
-        np.zeros(shape + (dim, dim)), np.zeros(shape + (dim, 1)),
-        np.zeros(shape + (dim,)), np.zeros(shape + (dim, dim)),
-        np.zeros((num_groups, dim)), np.zeros((num_groups, dim, dim)))
+    shape = (num_groups, config.horizon)
     return to_host32(TrainState(
         iteration=np.int32(0),
         controller=controller,
         eta=np.full(num_groups, config.initial_eta),
         step_multiplier=np.full(num_groups, config.initial_step_multiplier),
-        duals=BadmmDuals(np.zeros(shape + (1,)), np.full(shape, config.initial_penalty)),
+        duals=BadmmDuals(np.zeros(shape + (1,)), np.zeros(shape)),
         theta=theta,
         opt_state=s_step_optimizer(config).init(theta),
-        previous=PreviousModel(controller, zeros_dynamics, np.zeros(shape),
-                               to_model(controller, dim), np.zeros(shape + (1, dim)),
-                               np.zeros(shape + (1,))),
+        previous=PreviousModel(controller, np.float32(np.nan)),
         has_previous=np.bool_(False),
     ))
+
+
+def coupled(duals: BadmmDuals) -> bool:
+    """Whether the policy coupling is on (ν > 0: π has been fit at least once)."""
+    return bool(np.all(np.asarray(duals.penalty) > 0))
+
+
+def couple(config: TrainConfig, duals: BadmmDuals, eta) -> BadmmDuals:
+    """ν_{g,t} = ``initial_penalty``·η_g: the coupling in the units of the cost (ours).
+
+    An absolute ν₀ (the reference's 0.01) is ≈ η from the first iteration here, where the tied
+    cost per coordinate-step is ~1e-5·w_t, so the C-step mostly imitated the untrained policy.
+    """
+    eta = np.asarray(eta, np.float64)[:, None]
+    return BadmmDuals(duals.multiplier,
+                      np.broadcast_to(config.initial_penalty * eta, duals.penalty.shape))
 
 
 @jax.jit
@@ -172,8 +185,9 @@ def linearize_policy(config: TrainConfig, theta, data: RolloutData, mask, contro
 
     Σ^π comes from ``controller``'s precision weighted by ``penalty`` (``policy_variance``).
     """
+    weights = np.where(np.asarray(penalty) > 0, penalty, 1.0)   # ν = 0: uncoupled, equal weights
     means, variance = jax.device_get(
-        _means_and_variance(theta, data.observations, controller, penalty))
+        _means_and_variance(theta, data.observations, controller, weights))
     states = data.states[..., :model_state_dim(config)]
     with float64():
         linearization = jax.device_get(_fit_linearization(
@@ -222,11 +236,16 @@ def run_c_step(config: TrainConfig, cost, dynamics, previous, step_multiplier, e
     return result._replace(controller=from_model(result.controller))
 
 
-def dual_step(duals: BadmmDuals, policy_mean, controller_mean, mask, rate: float) -> jax.Array:
-    """λ ← λ + α·ν·(E[μ_π] − E[μ_ψ]), expectations over tracked coordinates × samples."""
+def dual_step(duals: BadmmDuals, policy_mean, controller_mean, mask, rate: float,
+              precision) -> jax.Array:
+    """λ ← λ + α·ν·G⁻¹·(E[μ_π] − E[μ_ψ]) (the reference's step, with the controller precision).
+
+    ``precision``: G_t⁻¹ per (g, t), ``(G, T)``. Without it λ stayed ~1e-6 here (G ≈ 1e-6) and
+    did nothing. Expectations over tracked coordinates × samples.
+    """
     weights = jnp.broadcast_to(mask[None, :, :, None], policy_mean.shape)
     gap = (weights * (policy_mean - controller_mean)).sum((0, 2)) / weights.sum((0, 2))
-    return duals.multiplier + rate * (duals.penalty * gap)[..., None]
+    return duals.multiplier + rate * (duals.penalty * precision * gap)[..., None]
 
 
 def policy_controller_kl(controller: LinearGaussianController, policy_mean, controller_mean,
@@ -255,30 +274,50 @@ def evaluate_policy(theta, task, key, *, num_steps: int) -> jax.Array:
     return unroll(learned_opt(theta), task, key, num_steps=num_steps, eval_every=1).true_loss
 
 
-def step_multiplier_update(state: TrainState, dynamics, cost, linearization,
-                           max_step_multiplier: float = 10.0):
-    """New step multipliers from predicted vs actual improvement (inside ``float64()``)."""
-    prev = state.previous
-    penalty = state.duals.penalty
-    dim = prev.linearization.gain.shape[-1]
-    prev_cost = tied_coordinate_cost(
-        jnp.asarray(prev.curvature, jnp.float64), dim,
-        gradient_model=(prev.gradient_coefficients, prev.gradient_offset))
-    previous_controller, controller = to_model(prev.controller, dim), to_model(state.controller, dim)
-    before = estimated_cost(prev_cost, previous_controller, prev.dynamics, prev.linearization,
-                            penalty)
-    predicted = estimated_cost(prev_cost, controller, prev.dynamics, prev.linearization, penalty)
-    actual = estimated_cost(cost, controller, dynamics, linearization, penalty)
-    return update_step_multiplier(state.step_multiplier, before - predicted, before - actual,
-                                  max_step_multiplier=max_step_multiplier)
-
-
-_step_multiplier_update = jax.jit(step_multiplier_update, static_argnames=("max_step_multiplier",))
 _s_step_loss = jax.jit(policy_fit.s_step_loss)
+_sampled_objective = jax.jit(pathwise.sampled_objective, static_argnames=("privileged",))
 
 
-def roll_back(config: TrainConfig, state: TrainState, reason: str) -> tuple[TrainState, dict]:
+_estimated_cost = jax.jit(estimated_cost)
+
+
+def lqr_predicted_improvement(cost, dynamics, before, after, group_sizes) -> float:
+    """The fitted model's predicted fall of J = mean_t f(x_t) from ψ ``before`` to ``after``.
+
+    The tied cost per coordinate sums w_t·Δf_t over t, i.e. one coordinate's share of Σ_t f(x_t);
+    × n_g per group, summed, ÷ (T + 1). BADMM terms are left out (they are not part of f).
+    """
+    inputs = jax.tree.map(lambda a: np.asarray(a, np.float64), (cost, dynamics, before, after))
+    with float64():
+        cost, dynamics, before, after = inputs
+        change = np.asarray(_estimated_cost(cost, before, dynamics)
+                            - _estimated_cost(cost, after, dynamics))
+    horizon = cost.constant.shape[-1]
+    return float(np.sum(np.asarray(group_sizes) * change) / (horizon + 1))
+
+
+def _empty_log(state: TrainState) -> dict:
+    nan, groups = float("nan"), len(state.eta)
+    return {
+        "iteration": int(state.iteration), "controller_objective": nan,
+        "policy_objective_before": nan, "policy_objective": nan, "policy_final_objective": nan,
+        "imitation_gap": nan, "predicted_improvement": nan, "realized_improvement": nan,
+        "next_predicted_improvement": nan, "kl": [nan] * groups, "kl_budget": [nan] * groups,
+        "eta": [float(e) for e in state.eta], "c_step_failed": [True] * groups,
+        "c_step": None, "pathwise_steps_accepted": 0,
+        "step_multiplier": [float(x) for x in state.step_multiplier],
+        "penalty": [float(p) for p in np.mean(state.duals.penalty, -1)],
+        "multiplier_abs_mean": float(np.mean(np.abs(state.duals.multiplier))),
+        "s_step_loss_before": nan, "s_step_loss_after": nan, "curvature_scale": nan,
+        "rolled_back": None,
+    }
+
+
+def roll_back(config: TrainConfig, state: TrainState, reason: str,
+              **log_fields) -> tuple[TrainState, dict]:
     """Undo the last C-step: ψ ← the controller before it, step multiplier halved; π untouched.
+
+    ``log_fields`` go into the log entry (e.g. the realised and predicted improvement).
 
     Raises:
       ValueError: the initial controller itself is at fault (there is nothing to roll back to).
@@ -287,23 +326,20 @@ def roll_back(config: TrainConfig, state: TrainState, reason: str) -> tuple[Trai
         raise ValueError(f"GPS iteration 0: {reason}. The initial controller (momentum, "
                          f"learning_rate={config.learning_rate}, momentum={config.momentum}) must "
                          "not diverge on this task: lower TrainConfig.learning_rate.")
-    nan = float("nan")
-    groups = len(state.eta)
     step_multiplier = np.maximum(0.5 * np.asarray(state.step_multiplier), 0.01)
-    log = {
-        "iteration": int(state.iteration), "controller_objective": nan,
-        "policy_objective_before": nan, "policy_objective": nan, "policy_final_objective": nan,
-        "kl": [nan] * groups, "kl_budget": [nan] * groups,
-        "eta": [float(e) for e in state.eta], "c_step_failed": [True] * groups,
-        "step_multiplier": [float(x) for x in step_multiplier],
-        "penalty": [float(p) for p in np.mean(state.duals.penalty, -1)],
-        "s_step_loss_before": nan, "s_step_loss_after": nan, "curvature_scale": nan,
-        "rolled_back": reason,
-    }
-    new_state = to_host32(state._replace(iteration=np.int32(int(state.iteration) + 1),
-                                         controller=state.previous.controller,
-                                         step_multiplier=step_multiplier))
+    log = _empty_log(state) | {"step_multiplier": [float(x) for x in step_multiplier],
+                               "rolled_back": reason} | log_fields
+    new_state = to_host32(state._replace(
+        iteration=np.int32(int(state.iteration) + 1), controller=state.previous.controller,
+        step_multiplier=step_multiplier,
+        previous=PreviousModel(state.previous.controller, np.float32(np.nan)),
+        has_previous=np.bool_(False)))
     return new_state, log
+
+
+def group_sizes(task) -> np.ndarray:
+    """n_g: coordinates per group (leaf), ``(G,)``."""
+    return np.array([x.size for x in jax.tree.leaves(task.init_params(jax.random.key(0)))])
 
 
 def gps_iteration(config: TrainConfig, task, tracked: TrackedCoordinates,
@@ -324,34 +360,54 @@ def gps_iteration(config: TrainConfig, task, tracked: TrackedCoordinates,
     fault = rollout_fault(data, config.divergence_ratio)
     if fault is not None:
         return roll_back(config, state, fault)
+    sample_keys = jax.random.split(sample_key, config.num_samples)
+    objective = float(np.mean(data.true_objective))
+    sizes = group_sizes(task)
+
+    # Judge the last C-step by what it did on these fresh samples (common random numbers: the
+    # previous controller re-run with this iteration's noise and minibatches).
+    step_multiplier = np.asarray(state.step_multiplier, np.float64)
+    predicted = float(state.previous.predicted_improvement)
+    realized = float("nan")
+    if bool(state.has_previous) and np.isfinite(predicted):
+        before = float(_sampled_objective(task, state.previous.controller, init_key, sample_keys,
+                                          privileged=config.privileged_gradient))
+        realized = before - objective
+        judged = {"predicted_improvement": predicted, "realized_improvement": realized,
+                  "controller_objective": objective}
+        if realized < 0:
+            return roll_back(config, state, "the last C-step made fresh samples worse "
+                             f"(J {before:.5f} -> {objective:.5f})", **judged)
+        step_multiplier = np.asarray(update_step_multiplier(
+            step_multiplier, predicted, realized,
+            max_step_multiplier=config.max_step_multiplier), np.float64)
+
     mask = jnp.asarray(tracked.mask)
     kappa = np.ones(config.horizon, np.float32)
-    if config.calibrate_curvature:
-        data, kappa = calibrate_curvature(data)
-    with float64():
-        dynamics, cost, gradient_model = jax.device_get(fit_model(
-            data, prior_strength=config.dynamics_prior_strength, ridge=config.dynamics_ridge,
-            privileged_gradient=config.privileged_gradient))
-    if config.collective_response:
-        dim = model_state_dim(config)
-        dynamics = collective_response(dynamics, data.curvature, to_model(state.controller, dim),
-                                       dim)
+    dim = model_state_dim(config)
+    if config.c_step == "lqr":
+        if config.calibrate_curvature:
+            data, kappa = calibrate_curvature(data)
+        with float64():
+            dynamics, cost, _ = jax.device_get(fit_model(
+                data, prior_strength=config.dynamics_prior_strength, ridge=config.dynamics_ridge,
+                privileged_gradient=config.privileged_gradient))
+        if config.collective_response:
+            dynamics = collective_response(dynamics, data.curvature,
+                                           to_model(state.controller, dim), dim)
     theta, opt_state, duals = state.theta, state.opt_state, state.duals
     means, variance, linearization = linearize_policy(config, theta, data, mask,
                                                       state.controller, duals.penalty)
-    step_multiplier = state.step_multiplier
-    if bool(state.has_previous):
-        with float64():
-            step_multiplier = jax.device_get(_step_multiplier_update(
-                state, dynamics, cost, linearization,
-                max_step_multiplier=config.max_step_multiplier))
-
     controller, eta = state.controller, state.eta
     start = evaluate_policy(theta, task, condition_key(config), num_steps=config.horizon)
     s_losses = (float("nan"), float("nan"))
+    budget = step_multiplier * config.horizon * config.kl_step
+    pathwise_accepted, next_predicted = 0, float("nan")
     for inner in range(config.inner_iterations):
         if iteration > 0 or inner > 0:
             target = state.controller if inner == 0 else controller
+            if not coupled(duals):
+                duals = couple(config, duals, eta)
             s_data = policy_fit.s_step_data(data.observations, data.states, mask,
                                             target, duals)
             before = float(_s_step_loss(theta, s_data))
@@ -370,35 +426,55 @@ def gps_iteration(config: TrainConfig, task, tracked: TrackedCoordinates,
                 penalty = update_penalty(
                     penalty, kl, upper=config.penalty_upper, lower=config.penalty_lower,
                     increase=config.penalty_increase, decrease=config.penalty_decrease)
-            duals = BadmmDuals(dual_step(duals, means, target_means, mask, config.dual_rate),
-                               penalty)
-        result = run_c_step(config, cost, dynamics, state.controller, step_multiplier, eta,
-                            linearization, duals)
-        controller, eta = result.controller, result.eta
+            precision = 1.0 / np.asarray(target.covariance[..., 0, 0], np.float64)
+            duals = BadmmDuals(dual_step(duals, means, target_means, mask, config.dual_rate,
+                                         precision), penalty)
+        badmm = ((linearization, duals) if coupled(duals) else (None, None))
+        if config.c_step == "pathwise":
+            result = pathwise.pathwise_c_step(
+                task, state.controller, data.moments, init_key, sample_keys, sizes, budget,
+                state_dim=dim, linearization=badmm[0], duals=badmm[1],
+                num_steps=config.pathwise_steps,
+                step_cap=config.kl_step * config.kl_step_cap, ridge=config.pathwise_ridge)
+            controller = result.controller
+            eta = np.where(np.isfinite(result.eta), result.eta, eta)
+            kl, failed = result.kl, np.zeros(len(sizes), bool)
+            pathwise_accepted = result.steps_accepted
+            next_predicted = result.predicted_improvement
+        else:
+            result = run_c_step(config, cost, dynamics, state.controller, step_multiplier, eta,
+                                *badmm)
+            controller, eta, kl, failed = result.controller, result.eta, result.kl, result.failed
+            next_predicted = lqr_predicted_improvement(
+                cost, dynamics, to_model(state.controller, dim), to_model(controller, dim), sizes)
 
     trajectory = evaluate_policy(theta, task, condition_key(config), num_steps=config.horizon)
-    log = {
-        "iteration": iteration,
-        "controller_objective": float(np.mean(data.true_objective)),
+    log = _empty_log(state) | {
+        "controller_objective": objective,
         "policy_objective_before": float(np.mean(start)),
         "policy_objective": float(np.mean(trajectory)),
         "policy_final_objective": float(trajectory[-1]),
-        "kl": [float(k) for k in np.sum(result.kl, -1)],
-        "kl_budget": [float(b) for b in result.kl_budget],
-        "eta": [float(e) for e in result.eta],
-        "c_step_failed": [bool(f) for f in result.failed],
+        # π's mean (deterministic, its own minibatches) minus the controllers' samples: what the
+        # S-step has not carried over yet. Both are mean_t f on the training condition.
+        "imitation_gap": float(np.mean(trajectory)) - objective,
+        "predicted_improvement": predicted, "realized_improvement": realized,
+        "next_predicted_improvement": next_predicted,
+        "c_step": config.c_step, "pathwise_steps_accepted": pathwise_accepted,
+        "kl": [float(k) for k in np.sum(kl, -1)],
+        "kl_budget": [float(b) for b in budget],
+        "eta": [float(e) for e in eta],
+        "c_step_failed": [bool(f) for f in failed],
         "step_multiplier": [float(s) for s in np.asarray(step_multiplier)],
         "curvature_scale": float(np.mean(kappa)),
-        "rolled_back": None,
         "penalty": [float(p) for p in np.mean(duals.penalty, -1)],
+        "multiplier_abs_mean": float(np.mean(np.abs(duals.multiplier))),
         "s_step_loss_before": s_losses[0],
         "s_step_loss_after": s_losses[1],
     }
     new_state = to_host32(TrainState(
         iteration=np.int32(iteration + 1), controller=controller, eta=eta,
         step_multiplier=step_multiplier, duals=duals, theta=theta, opt_state=opt_state,
-        previous=PreviousModel(state.controller, dynamics, data.curvature, linearization,
-                               *gradient_model),
+        previous=PreviousModel(state.controller, np.float32(next_predicted)),
         has_previous=np.bool_(True)))
     return new_state, log
 

@@ -3,9 +3,10 @@
 ``run_train_job("paper", "results/train")`` meta-trains on the paper's task (``TrainConfig.paper``)
 with an Orbax checkpoint per iteration under ``<out>/checkpoints`` (``resume=True`` continues
 from the latest one), writes each iteration's policy to ``<out>/policies/iter_NNN.metaopt`` and
-the final one to ``<out>/policy.metaopt`` (``metaopt.save``), then runs the deterministic mean of
-the final policy (``learned_opt``) and every tuned baseline on held-out seeds (initialisation and
-minibatch order never seen in meta-training) with the true objective on the whole training split.
+to ``<out>/policy.metaopt`` (``metaopt.save``) the one with the lowest mean final f on the tuning
+seeds (``select_policy``; never the held-out seeds), then runs the deterministic mean of that
+policy (``learned_opt``) and every tuned baseline on held-out seeds (initialisation and minibatch
+order never seen in meta-training) with the true objective on the whole training split.
 
 Written into ``out``: ``results.json``, ``summary.csv``, ``curves.png`` (``write_report``),
 ``training_log.json`` and ``training_log.png`` (the per-iteration GPS log).
@@ -89,6 +90,8 @@ def _log_fields(entry: dict) -> dict:
         "pi": f"{entry['policy_objective']:.4f}",
         "pi_T": f"{entry['policy_final_objective']:.4f}",
         "kl/eps": f"{np.sum(entry['kl']) / np.sum(entry['kl_budget']):.2f}",
+        "real/pred": f"{entry.get('realized_improvement', np.nan):.4f}/"
+                     f"{entry.get('predicted_improvement', np.nan):.4f}",
         "s_loss": f"{entry['s_step_loss_after']:.2e}",
     }
 
@@ -110,7 +113,7 @@ def _baseline_settings(job: TrainJobConfig, task, num_steps: int) -> dict[str, d
     settings = {}
     for name in job.baselines:
         spec = BASELINES[name]
-        result = tune(spec.factory, spec.grid_points(), task, job.tuning_seeds,
+        result = tune(spec.factory, spec.grid_points(num_steps=num_steps), task, job.tuning_seeds,
                       num_steps=num_steps, eval_every=job.eval_every)
         settings[name] = {"hyperparams": result.best, "tuned_in": "this job",
                           "tuning_final_mean": float(result.scores[result.best_index])}
@@ -155,41 +158,85 @@ def evaluate_against_baselines(theta, job: TrainJobConfig, out_dir, *, meta: dic
     return {"paths": paths, "curves": curves, "verdict": verdict}
 
 
+def select_policy(job: TrainJobConfig, candidates: dict[str, object]):
+    """The policy with the lowest mean final true objective on ``job.tuning_seeds``.
+
+    Args:
+      candidates: label → θ (e.g. "iteration 3" → that iteration's policy).
+
+    Selection never sees ``job.eval_seeds`` (the held-out seeds the report uses): the tuning seeds
+    are the ones the baselines were tuned on, so the policy is chosen as they were.
+
+    Returns:
+      ``(label, theta, scores)`` with scores label → {"final": …, "auc": …}.
+    """
+    task = evaluation_task(job.train)
+    scores = {}
+    for label, theta in candidates.items():
+        curves = run_grid(lambda theta=theta: learned_opt(theta), [{}], task, job.tuning_seeds,
+                          num_steps=job.train.horizon, eval_every=job.eval_every)[0]
+        final = curves[:, -1]
+        scores[label] = {"final": float(np.mean(final)) if np.all(np.isfinite(final)) else np.inf,
+                         "auc": float(np.mean(np.sum(curves, -1)))}
+    best = min(scores, key=lambda k: scores[k]["final"])
+    return best, candidates[best], scores
+
+
 def plot_training_log(path, log: list[dict]) -> None:
-    """Four panels per iteration: objectives, KL vs budget, step multiplier and ν, S-step loss."""
+    """Per GPS iteration: objectives and imitation gap, predicted vs realised improvement of each
+    C-step, KL vs budget, step multiplier and ν, S-step loss."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     it = [e["iteration"] for e in log]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    get = lambda key: [e.get(key, np.nan) for e in log]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7.5))
     ax = axes[0, 0]
-    ax.plot(it, [e["controller_objective"] for e in log], "o-", label="controllers ψ (samples), mean_t f")
-    ax.plot(it, [e["policy_objective"] for e in log], "s-", label="π mean, mean_t f")
-    ax.plot(it, [e["policy_final_objective"] for e in log], "^-", label="π mean, f(x_T)")
-    ax.set_title("true objective on the training condition")
+    ax.plot(it, get("controller_objective"), "o-", label="controllers ψ (samples)")
+    ax.plot(it, get("policy_objective"), "s-", label="π mean")
+    ax.plot(it, get("policy_final_objective"), "^-", label="π mean, f(x_T)")
+    rolled = [e["iteration"] for e in log if e.get("rolled_back")]
+    if rolled:
+        ax.plot(rolled, [np.nanmin(get("controller_objective"))] * len(rolled), "rx",
+                label="rolled back")
+    ax.set(title="true objective on the training condition", ylabel="mean over t of f(x_t)")
     ax.legend(fontsize=7)
     ax = axes[0, 1]
+    ax.plot(it, get("imitation_gap"), "o-", color="C3")
+    ax.axhline(0.0, color="k", lw=0.5)
+    ax.set(title="imitation gap: π − controllers", ylabel="Δ mean_t f")
+    ax = axes[0, 2]
+    # Entry i judges the C-step of iteration i − 1 on iteration i's fresh samples.
+    judged = [i - 1 for i in it]
+    ax.plot(judged, get("predicted_improvement"), "o-", label="predicted by the C-step")
+    ax.plot(judged, get("realized_improvement"), "s-", label="realised on fresh samples (CRN)")
+    ax.axhline(0.0, color="k", lw=0.5)
+    ax.set(title="improvement of J per C-step", ylabel="fall of mean_t f")
+    ax.legend(fontsize=7)
+    ax = axes[1, 0]
     ax.plot(it, [np.sum(e["kl"]) for e in log], "o-", label="Σ_g KL(ψ_new‖ψ)")
     ax.plot(it, [np.sum(e["kl_budget"]) for e in log], "--", label="Σ_g budget")
     ax.set_yscale("log")
-    ax.set_title("C-step trust region")
-    ax.legend(fontsize=7)
-    ax = axes[1, 0]
-    ax.plot(it, [np.mean(e["step_multiplier"]) for e in log], "o-",
-            label="step multiplier (mean over groups)")
-    ax.plot(it, [np.mean(e["penalty"]) for e in log], "s-", label="ν (mean)")
-    ax.set_yscale("log")
+    ax.set(title="C-step trust region", ylabel="nats")
     ax.legend(fontsize=7)
     ax = axes[1, 1]
-    ax.plot(it, [e["s_step_loss_before"] for e in log], "o-", label="before")
-    ax.plot(it, [e["s_step_loss_after"] for e in log], "s-", label="after")
+    ax.plot(it, [np.mean(e["step_multiplier"]) for e in log], "o-", label="step multiplier")
+    ax.plot(it, [np.mean(e["penalty"]) for e in log], "s-", label="ν (mean)")
     ax.set_yscale("log")
-    ax.set_title("S-step loss")
+    ax.set(title="trust-region scale and coupling", ylabel="value (log)")
+    ax.legend(fontsize=7)
+    ax = axes[1, 2]
+    ax.plot(it, get("s_step_loss_before"), "o-", label="before")
+    ax.plot(it, get("s_step_loss_after"), "s-", label="after")
+    ax.set_yscale("log")
+    ax.set(title="S-step loss", ylabel="weighted squared error")
     ax.legend(fontsize=7)
     for a in axes.flat:
         a.set_xlabel("GPS iteration")
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -246,14 +293,26 @@ def run_train_job(name: str, out_dir, *, resume: bool = False, progress: bool = 
                 "wall_time_s": time.perf_counter() - start}
     peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     config_dict = dataclasses.asdict(config)
+    from metaopt.serialization import load
+
+    candidates = {f"iteration {i}": load(p) for i, p in sorted(
+        (int(p.stem.split("_")[1]), p) for p in (out / "policies").glob("iter_*.metaopt"))
+        if i <= len(log)}
+    candidates[f"iteration {len(log)}"] = theta       # the final state's policy
+    chosen, theta, selection = select_policy(job, candidates)
     save(out / "policy.metaopt", theta,
-         metadata={"config": name, "iterations": len(log), "train_config": config_dict})
+         metadata={"config": name, "iterations": len(log), "train_config": config_dict,
+                   "chosen": chosen, "selection": "lowest mean final f on the tuning seeds "
+                   f"{list(job.tuning_seeds)} (never the held-out eval seeds)",
+                   "tuning_scores": selection})
     with open(out / "training_log.json", "w") as fh:
         json.dump({"config": name, "train_config": config_dict,
                    "seconds_per_iteration": timings, "entries": log}, fh, indent=1)
     plot_training_log(out / "training_log.png", log)
     meta = {"job": "train", "config": name, "train_config": config_dict,
             "iterations": len(log), "seconds_per_iteration": timings,
+            "policy": {"chosen": chosen, "tuning_seeds": list(job.tuning_seeds),
+                       "tuning_scores": selection},
             "train_wall_time_s_this_process": round(train_seconds, 1),
             "peak_rss_gb_after_training": round(peak_rss_gb, 2),
             "jax_devices": [str(d) for d in jax.devices()]}
@@ -268,4 +327,4 @@ def run_train_job(name: str, out_dir, *, resume: bool = False, progress: bool = 
 
 
 __all__ = ["TRAIN_CONFIGS", "TrainJobConfig", "evaluate_against_baselines", "get_train_config",
-           "plot_training_log", "run_train_job"]
+           "plot_training_log", "run_train_job", "select_policy"]
