@@ -75,7 +75,7 @@ def main():
         t0 = time.perf_counter()
         result = pathwise.pathwise_c_step(
             task, state.controller, data.moments, init_key, sample_keys, sizes, budget,
-            state_dim=model_state_dim(config), num_steps=steps,
+            state_index=model_state_dim(config), num_steps=steps,
             step_cap=config.kl_step * config.kl_step_cap, ridge=config.pathwise_ridge)
         variants[f"pathwise, {steps} step(s)"] = (
             result.controller, result.predicted_improvement, np.sum(result.kl, -1),

@@ -242,7 +242,8 @@ def update_step_multiplier(step_multiplier: jax.Array, predicted_improvement: ja
     actual = jnp.asarray(actual_improvement)
     # The reference's floor 1e-4 is absolute (its costs are O(1)); here it is relative to the
     # predicted improvement, so the rule reads the same at every scale of the objective.
-    floor = 1e-4 * jnp.maximum(jnp.abs(predicted), jnp.finfo(predicted.dtype).tiny)
+    # (Not a denormal when predicted = 0: XLA on CPU flushes those to 0 and 0/0 was NaN.)
+    floor = jnp.maximum(1e-4 * jnp.abs(predicted), jnp.finfo(predicted.dtype).tiny)
     change = predicted / (2.0 * jnp.maximum(floor, predicted - actual))
     change = jnp.clip(change, min_change, max_change)
     return jnp.clip(change * step_multiplier, min_step_multiplier, max_step_multiplier)

@@ -59,6 +59,9 @@ class TrainConfig:
     # KL-constrained natural-gradient steps; ``metaopt.training.pathwise``).
     c_step: str = "lqr"
     pathwise_steps: int = 3             # gradient evaluations per pathwise C-step
+    # What the pathwise C-step's controllers read: "observable" (Φ, ĝ, a(t−1)) or "momentum"
+    # (ĝ and a(t−1) only: a time-varying momentum schedule, which π's Ψ and memory can express).
+    controller_state: str = "observable"
     kl_step_cap: float = 5.0            # pathwise: KL per time step ≤ kl_step_cap·kl_step
     # Relative ridge on E[s̃s̃ᵀ] in the natural gradient. Measured on the paper preset's first
     # iteration (one step, ε = 80): 1e-3 and 1e-1 gave J 0.561 → 0.519 / 0.518 on the samples,
@@ -96,6 +99,12 @@ class TrainConfig:
     def __post_init__(self):
         if self.c_step not in ("lqr", "pathwise"):
             raise ValueError(f"TrainConfig.c_step must be 'lqr' or 'pathwise', got {self.c_step!r}")
+        if self.controller_state not in ("observable", "momentum"):
+            raise ValueError("TrainConfig.controller_state must be 'observable' or 'momentum', "
+                             f"got {self.controller_state!r}")
+        if self.controller_state == "momentum" and self.c_step != "pathwise":
+            raise ValueError("controller_state='momentum' needs c_step='pathwise' (the LQR's "
+                             "model state is the whole observable state)")
         if self.horizon < 1 or self.num_samples < 1 or self.pathwise_steps < 1:
             raise ValueError("TrainConfig: horizon, num_samples and pathwise_steps must be ≥ 1 "
                              f"(got {self.horizon}, {self.num_samples}, {self.pathwise_steps})")
@@ -122,9 +131,13 @@ class TrainConfig:
 PAPER_SETTING = dict(
     dataset="mnist", widths=(48, 48, 10), batch_size=64, activation="relu", l2=5e-4,
     horizon=400, hidden_size=128, learning_rate=0.3, momentum=0.5,
+    # The fresh policy steps like SGD at the controllers' learning rate (ours): from 0.01 its head
+    # needed ~600 S-step Adam steps just to reach the teachers' step size.
+    init_step_size=0.3,
     # The pathwise C-step (measured against the LQR on the same samples: README, issue 15),
     # one S-step / dual step / C-step per iteration, judged on the next iteration's samples.
     c_step="pathwise", inner_iterations=1, pathwise_steps=3, max_step_multiplier=5.0,
+    initial_penalty=0.01,
     # reduced
     num_samples=10, iterations=6, num_tracked=32, train_eval_subset=5000,
     exploration_variance=1e-6, s_step_iterations=150, s_step_batch_size=64,

@@ -94,7 +94,7 @@ class TrainState(NamedTuple):
       eta: η per group ``(G,)`` (warm start of the η search).
       step_multiplier: ``(G,)``.
       duals: λ ``(G, T, 1)``, ν ``(G, T)``.
-      theta, opt_state: the policy and its Adam state.
+      theta: the policy (each S-step runs a fresh Adam in whitened units, so no optimizer state).
       previous: ``PreviousModel`` (meaningless while ``has_previous`` is False).
       has_previous: bool scalar.
     """
@@ -105,7 +105,6 @@ class TrainState(NamedTuple):
     step_multiplier: Any
     duals: BadmmDuals
     theta: Any
-    opt_state: Any
     previous: PreviousModel
     has_previous: Any
 
@@ -146,7 +145,6 @@ def init_state(config: TrainConfig, task) -> TrainState:
         step_multiplier=np.full(num_groups, config.initial_step_multiplier),
         duals=BadmmDuals(np.zeros(shape + (1,)), np.zeros(shape)),
         theta=theta,
-        opt_state=s_step_optimizer(config).init(theta),
         previous=PreviousModel(controller, np.float32(np.nan)),
         has_previous=np.bool_(False),
     ))
@@ -337,6 +335,13 @@ def roll_back(config: TrainConfig, state: TrainState, reason: str,
     return new_state, log
 
 
+def controller_state_index(config: TrainConfig):
+    """The GPS-state entries the controllers read (``TrainConfig.controller_state``)."""
+    if config.controller_state == "momentum":
+        return [features.GRADIENT_INDEX, features.PREV_ACTION_INDEX]
+    return model_state_dim(config)
+
+
 def group_sizes(task) -> np.ndarray:
     """n_g: coordinates per group (leaf), ``(G,)``."""
     return np.array([x.size for x in jax.tree.leaves(task.init_params(jax.random.key(0)))])
@@ -375,9 +380,12 @@ def gps_iteration(config: TrainConfig, task, tracked: TrackedCoordinates,
         realized = before - objective
         judged = {"predicted_improvement": predicted, "realized_improvement": realized,
                   "controller_objective": objective}
-        if realized < 0:
+        # Worse than before, and worse than the C-step meant: a coupled step may trade some J
+        # for agreement with π (predicted < 0); only a fall below that is the model's mistake.
+        if realized < min(0.0, predicted):
             return roll_back(config, state, "the last C-step made fresh samples worse "
-                             f"(J {before:.5f} -> {objective:.5f})", **judged)
+                             f"(J {before:.5f} -> {objective:.5f}, predicted "
+                             f"{before - predicted:.5f})", **judged)
         step_multiplier = np.asarray(update_step_multiplier(
             step_multiplier, predicted, realized,
             max_step_multiplier=config.max_step_multiplier), np.float64)
@@ -395,7 +403,7 @@ def gps_iteration(config: TrainConfig, task, tracked: TrackedCoordinates,
         if config.collective_response:
             dynamics = collective_response(dynamics, data.curvature,
                                            to_model(state.controller, dim), dim)
-    theta, opt_state, duals = state.theta, state.opt_state, state.duals
+    theta, duals = state.theta, state.duals
     means, variance, linearization = linearize_policy(config, theta, data, mask,
                                                       state.controller, duals.penalty)
     controller, eta = state.controller, state.eta
@@ -411,10 +419,16 @@ def gps_iteration(config: TrainConfig, task, tracked: TrackedCoordinates,
             s_data = policy_fit.s_step_data(data.observations, data.states, mask,
                                             target, duals)
             before = float(_s_step_loss(theta, s_data))
-            theta, opt_state, _ = s_step(
-                theta, opt_state, s_data, jax.random.fold_in(s_step_key, inner),
-                optimizer=s_step_optimizer(config), num_steps=config.s_step_iterations,
-                batch_size=config.s_step_batch_size)
+            # Adam in whitened units of Ψ and of the targets (steps ~1e-3 against weights ~1:
+            # in raw units one Adam step of 1e-3 moved the head by ~100 % and π never fit).
+            # A fresh Adam per S-step: its coordinates change with the data's statistics.
+            white = policy_fit.whitening(s_data)
+            theta_w = policy_fit.to_whitened(theta, white)
+            theta_w, _, _ = s_step(
+                theta_w, s_step_optimizer(config).init(theta_w), policy_fit.whiten(s_data, white),
+                jax.random.fold_in(s_step_key, inner), optimizer=s_step_optimizer(config),
+                num_steps=config.s_step_iterations, batch_size=config.s_step_batch_size)
+            theta = jax.device_get(policy_fit.from_whitened(theta_w, white))
             s_losses = (before, float(_s_step_loss(theta, s_data)))
             means, variance, linearization = linearize_policy(config, theta, data, mask,
                                                               state.controller, duals.penalty)
@@ -433,7 +447,8 @@ def gps_iteration(config: TrainConfig, task, tracked: TrackedCoordinates,
         if config.c_step == "pathwise":
             result = pathwise.pathwise_c_step(
                 task, state.controller, data.moments, init_key, sample_keys, sizes, budget,
-                state_dim=dim, linearization=badmm[0], duals=badmm[1],
+                state_index=controller_state_index(config), linearization=badmm[0],
+                duals=badmm[1],
                 num_steps=config.pathwise_steps,
                 step_cap=config.kl_step * config.kl_step_cap, ridge=config.pathwise_ridge)
             controller = result.controller
@@ -473,7 +488,7 @@ def gps_iteration(config: TrainConfig, task, tracked: TrackedCoordinates,
     }
     new_state = to_host32(TrainState(
         iteration=np.int32(iteration + 1), controller=controller, eta=eta,
-        step_multiplier=step_multiplier, duals=duals, theta=theta, opt_state=opt_state,
+        step_multiplier=step_multiplier, duals=duals, theta=theta,
         previous=PreviousModel(state.controller, np.float32(next_predicted)),
         has_previous=np.bool_(True)))
     return new_state, log

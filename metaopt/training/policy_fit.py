@@ -8,7 +8,8 @@ run over each sequence from a zero memory (``metaopt.policy.unroll_policy``), ex
 * ``fit_policy_linearization``: π_lin,g,t(a|s) = N(K̄ s + k̄, Σ̄) by regressing the LSTM mean step on
   s over the pooled tracked coordinates × samples of (g, t), with the same NIW machinery as the
   dynamics (a prior pooled over the group's time steps, a ridge on s); Σ̄ = residual variance + Σ^π.
-* ``s_step``: minimise Σ w·(μ_ω(o) − μ*)² / (2·Σ mask) by Adam over minibatches of sequences, with
+* ``s_step``: minimise Σ w·(μ_ω(o) − μ*)² / (2·Σ mask) by Adam over minibatches of sequences, in
+  whitened units of the observations and targets (``whitening``; folded back exactly), with
   μ* = K_t s + k_t − G_t λ_t / ν_t (the minimiser of λᵀμ + ν·½‖μ − μ_ψ‖²_{G⁻¹}, given the C-step's
   −λᵀa cost term) and w = ν_t·G_t⁻¹ normalised by its median and clipped at 2× the median, as in the
   reference.
@@ -104,6 +105,70 @@ def s_step_data(observations: jax.Array, states: jax.Array, mask: jax.Array,
     return SStepData(observations.reshape(-1, horizon, observations.shape[-1]),
                      targets.reshape(-1, horizon).astype(jnp.float32),
                      weights.reshape(-1, horizon).astype(jnp.float32))
+
+
+class Whitening(NamedTuple):
+    """Affine maps of the S-step's inputs and targets to zero mean, unit variance.
+
+    Attributes: ``observation_mean``, ``observation_scale`` ``(3,)``; ``target_mean``,
+    ``target_scale`` scalars. Statistics over the entries with positive weight.
+    """
+
+    observation_mean: jax.Array
+    observation_scale: jax.Array
+    target_mean: jax.Array
+    target_scale: jax.Array
+
+
+def whitening(data: SStepData) -> Whitening:
+    """The ``Whitening`` of ``data`` (the reference whitens the S-step's observations; ours the
+    targets too, so that Adam's steps are in the units of what the policy must fit)."""
+    valid = (data.weights > 0).astype(jnp.float32)
+    count = jnp.maximum(valid.sum(), 1.0)
+
+    def stats(x, weight):
+        axes = tuple(range(valid.ndim))              # (S, T): per feature for observations
+        mean = (weight * x).sum(axes) / count
+        var = (weight * jnp.square(x - mean)).sum(axes) / count
+        scale = jnp.sqrt(var)
+        # A constant input (variance 0) keeps unit scale: nothing to whiten.
+        return mean, jnp.where(scale > 1e-30, scale, 1.0)
+
+    obs_mean, obs_scale = stats(data.observations, valid[..., None])
+    target_mean, target_scale = stats(data.targets, valid)
+    return Whitening(obs_mean, obs_scale, target_mean, target_scale)
+
+
+def whiten(data: SStepData, w: Whitening) -> SStepData:
+    """``data`` in whitened units (same weights: the loss only scales by ``target_scale``²)."""
+    return data._replace(
+        observations=(data.observations - w.observation_mean) / w.observation_scale,
+        targets=(data.targets - w.target_mean) / w.target_scale)
+
+
+def to_whitened(theta: Theta, w: Whitening) -> Theta:
+    """The policy that, on whitened inputs, outputs the whitened steps of ``theta`` (exactly)."""
+    n = w.observation_mean.shape[-1]
+    kernel, bias = jnp.asarray(theta["gates"]["kernel"]), jnp.asarray(theta["gates"]["bias"])
+    obs_rows = kernel[:n]
+    return {
+        "gates": {"kernel": kernel.at[:n].set(obs_rows * w.observation_scale[:, None]),
+                  "bias": bias + w.observation_mean @ obs_rows},
+        "head": {"kernel": theta["head"]["kernel"] / w.target_scale,
+                 "bias": (theta["head"]["bias"] - w.target_mean) / w.target_scale},
+    }
+
+
+def from_whitened(theta_w: Theta, w: Whitening) -> Theta:
+    """The inverse of ``to_whitened``: fold the whitening back into the gate and head weights."""
+    n = w.observation_mean.shape[-1]
+    kernel, bias = jnp.asarray(theta_w["gates"]["kernel"]), jnp.asarray(theta_w["gates"]["bias"])
+    obs_rows = kernel[:n] / w.observation_scale[:, None]
+    return {
+        "gates": {"kernel": kernel.at[:n].set(obs_rows), "bias": bias - w.observation_mean @ obs_rows},
+        "head": {"kernel": theta_w["head"]["kernel"] * w.target_scale,
+                 "bias": theta_w["head"]["bias"] * w.target_scale + w.target_mean},
+    }
 
 
 def s_step_loss(theta: Theta, data: SStepData) -> jax.Array:

@@ -86,6 +86,13 @@ def test_kl_constrained_controller_does_not_depend_on_the_units(scale):
                                rtol=1e-5, atol=1e-9 * scale)
 
 
+def test_step_multiplier_rule_when_the_c_step_changed_nothing():
+    """predicted = actual = 0 (no step kept): the most a multiplier shrinks, never NaN."""
+    np.testing.assert_allclose(update_step_multiplier(1.0, 0.0, 0.0), 0.1)
+    np.testing.assert_allclose(update_step_multiplier(np.float32(1.0), np.float32(0.0),
+                                                      np.float32(0.0)), 0.1)
+
+
 @pytest.mark.parametrize("scale", [1e-8, 1e-4, 1.0, 1e4])
 def test_step_multiplier_rule_does_not_depend_on_the_objective_scale(scale):
     for predicted, actual in [(1.0, 0.5), (1.0, 1.0), (1.0, 0.99999), (1.0, -3.0), (-1.0, 0.2)]:

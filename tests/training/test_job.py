@@ -73,7 +73,10 @@ def test_cli_plumbing_with_a_recorded_training_run(tmp_path, monkeypatch, capsys
     from metaopt.policy import init_policy
 
     config = TrainConfig.tiny(horizon=10)
-    thetas = [init_policy(jax.random.key(i), hidden_size=8) for i in range(2)]
+    # A useful policy, then a timid one: the job must ship the first (better on the tuning
+    # seeds), not the last.
+    thetas = [init_policy(jax.random.key(i), hidden_size=8, init_step_size=step)
+              for i, step in enumerate((0.05, 1e-4))]
     entry = {"controller_objective": 1.0, "policy_objective": 0.9, "policy_final_objective": 0.5,
              "kl": [1.0], "kl_budget": [2.0], "step_multiplier": [1.0], "penalty": [0.01],
              "s_step_loss_before": 2.0, "s_step_loss_after": 1.0}
@@ -112,7 +115,13 @@ def test_cli_plumbing_with_a_recorded_training_run(tmp_path, monkeypatch, capsys
     for i, theta in enumerate(thetas, start=1):
         jax.tree.map(np.testing.assert_array_equal,
                      metaopt.load(out / "policies" / f"iter_{i:03d}.metaopt"), theta)
-    jax.tree.map(np.testing.assert_array_equal, metaopt.load(out / "policy.metaopt"), thetas[-1])
+    policy = doc["meta"]["policy"]
+    scores = policy["tuning_scores"]
+    assert policy["tuning_seeds"] == [0, 1, 2, 3, 4] and set(scores) == {"iteration 1",
+                                                                        "iteration 2"}
+    assert policy["chosen"] == min(scores, key=lambda k: scores[k]["final"]) == "iteration 1"
+    assert scores["iteration 1"]["final"] < scores["iteration 2"]["final"]
+    jax.tree.map(np.testing.assert_array_equal, metaopt.load(out / "policy.metaopt"), thetas[0])
     log = json.loads((out / "training_log.json").read_text())
     assert [e["iteration"] for e in log["entries"]] == [0, 1]
     assert log["seconds_per_iteration"] == {"0": 1.5, "1": 1.5}

@@ -41,7 +41,8 @@ def test_natural_step_per_step_cap_and_coupling():
     b[:, 0] *= 30.0                                    # one step wants far more than the rest
     budget, cap = np.array([2.0, 2.0]), 0.5         # 5 steps × cap 2.5 ≥ budget
     with float64():
-        capped = jax.device_get(pathwise.natural_step(b, second, variance, budget, step_cap=cap))
+        capped = jax.device_get(pathwise.natural_step(b, second, variance, budget, step_cap=cap,
+                                                      ridge=0.0))
         coupled = jax.device_get(pathwise.natural_step(
             b, second, variance, budget, coupling=np.full(variance.shape, 1e3)))
     assert np.all(capped.kl <= cap * (1 + 1e-6))
@@ -105,7 +106,7 @@ def test_pathwise_c_step_lowers_the_samples_objective_within_the_budget(sampled)
     dim = model_state_dim(config)
     budget = np.full(4, 2.0)
     result = pathwise.pathwise_c_step(task, state.controller, data.moments, init_key, keys,
-                                      group_sizes(task), budget, state_dim=dim, num_steps=2)
+                                      group_sizes(task), budget, state_index=dim, num_steps=2)
     assert result.steps_accepted >= 1
     assert result.objective_after < result.objective_before
     np.testing.assert_allclose(result.predicted_improvement,
@@ -127,10 +128,23 @@ def test_pathwise_c_step_keeps_the_controller_when_every_step_is_worse(sampled):
 
     result = pathwise.pathwise_c_step(task, state.controller, data.moments, init_key, keys,
                                       group_sizes(task), np.full(4, 1.0),
-                                      state_dim=model_state_dim(config), num_steps=3,
+                                      state_index=model_state_dim(config), num_steps=3,
                                       objective_and_grad=uphill)
     assert result.steps_accepted == 0 and result.steps_tried == 3 and len(calls) == 4
     for new, old in zip(jax.tree.leaves(result.controller), jax.tree.leaves(state.controller),
                         strict=True):
         np.testing.assert_array_equal(new, old)
     assert result.predicted_improvement == 0.0
+
+
+def test_pathwise_c_step_moves_only_the_entries_the_controller_reads(sampled):
+    from metaopt import features
+
+    config, task, state, data, init_key, keys = sampled
+    index = [features.GRADIENT_INDEX, features.PREV_ACTION_INDEX]
+    result = pathwise.pathwise_c_step(task, state.controller, data.moments, init_key, keys,
+                                      group_sizes(task), np.full(4, 2.0), state_index=index,
+                                      num_steps=1)
+    assert result.steps_accepted == 1 and result.objective_after < result.objective_before
+    changed = np.any(result.controller.gain != np.asarray(state.controller.gain), axis=(0, 1, 2))
+    assert set(np.flatnonzero(changed)) <= set(index) and changed[features.GRADIENT_INDEX]

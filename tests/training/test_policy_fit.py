@@ -49,12 +49,15 @@ def test_s_step_data_targets_and_weights(tiny_rollout):
 
 def test_s_step_reduces_its_loss(tiny_rollout):
     config, task, state, tracked, data = tiny_rollout
+    duals = BadmmDuals(np.zeros_like(state.duals.multiplier),
+                       np.full_like(state.duals.penalty, 0.01))
     s_data = policy_fit.s_step_data(data.observations, data.states, jnp.asarray(tracked.mask),
-                                    state.controller, state.duals)
+                                    state.controller, duals)
     before = float(policy_fit.s_step_loss(state.theta, s_data))
+    optimizer = s_step_optimizer(config)
     theta, opt_state, losses = policy_fit.s_step(
-        state.theta, state.opt_state, s_data, jax.random.key(0),
-        optimizer=s_step_optimizer(config), num_steps=config.s_step_iterations,
+        state.theta, optimizer.init(state.theta), s_data, jax.random.key(0),
+        optimizer=optimizer, num_steps=config.s_step_iterations,
         batch_size=config.s_step_batch_size)
     after = float(policy_fit.s_step_loss(theta, s_data))
     assert np.all(np.isfinite(np.asarray(losses)))
@@ -65,3 +68,32 @@ def test_s_step_reduces_its_loss(tiny_rollout):
     w = np.asarray(s_data.weights)
     targets = np.asarray(s_data.targets)
     assert np.sum(w * (means - targets) ** 2) < np.sum(w * (means0 - targets) ** 2)
+
+
+def test_whitening_folds_back_into_the_policy_exactly(tiny_rollout):
+    """On whitened inputs the whitened policy outputs the whitened steps; folding it back gives
+    the original weights (so the S-step may run in whitened units with no change to π's form)."""
+    config, task, state, tracked, data = tiny_rollout
+    duals = BadmmDuals(np.zeros_like(state.duals.multiplier),
+                       np.full_like(state.duals.penalty, 0.01))
+    s_data = policy_fit.s_step_data(data.observations, data.states, jnp.asarray(tracked.mask),
+                                    state.controller, duals)
+    rng = np.random.default_rng(0)
+    theta = jax.tree.map(lambda a: a + 0.1 * rng.normal(size=a.shape).astype(a.dtype),
+                         state.theta)
+    white = policy_fit.whitening(s_data)
+    assert np.all(np.asarray(white.observation_scale) > 0) and float(white.target_scale) > 0
+    whitened = policy_fit.whiten(s_data, white)
+    valid = np.asarray(s_data.weights) > 0
+    np.testing.assert_allclose(np.asarray(whitened.targets)[valid].std(), 1.0, rtol=1e-3)
+    theta_w = policy_fit.to_whitened(theta, white)
+    raw = np.asarray(policy_fit.policy_means(theta, s_data.observations))
+    white_means = np.asarray(policy_fit.policy_means(theta_w, whitened.observations))
+    np.testing.assert_allclose(white_means * float(white.target_scale) + float(white.target_mean),
+                               raw, rtol=1e-4, atol=1e-6 * np.abs(raw).max())
+    back = policy_fit.from_whitened(theta_w, white)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), back, theta)
+    # The loss scales by target_scale² only: Adam in whitened units fits the same objective.
+    np.testing.assert_allclose(float(policy_fit.s_step_loss(theta_w, whitened))
+                               * float(white.target_scale) ** 2,
+                               float(policy_fit.s_step_loss(theta, s_data)), rtol=1e-3)

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import math
 
 import jax
@@ -69,7 +70,7 @@ def test_resume_after_iteration_one_equals_uninterrupted(tiny_runs):
         checkpoints = checkpoint.manager(root / name)
         assert list(checkpoints.all_steps()) == [1, 2]
         checkpoints.close()
-    assert log_resumed == log_full
+    assert json.dumps(log_resumed) == json.dumps(log_full)    # NaN (nothing judged yet) == NaN
     jax.tree.map(np.testing.assert_array_equal, theta_resumed, theta_full)
 
 
@@ -115,3 +116,72 @@ def test_diverging_controller_is_rolled_back_and_initial_divergence_is_a_clear_e
         np.testing.assert_array_equal(new, old)
     with pytest.raises(ValueError, match="initial controller"):
         gps_iteration(config, task, tracked, state._replace(has_previous=np.bool_(False)))
+
+
+def test_c_step_that_made_fresh_samples_worse_is_rolled_back(tiny_config):
+    """The last C-step is judged on this iteration's fresh samples, with the previous controller
+    re-run on the same noise and minibatches: a worse J rolls it back (ψ ← the controller before
+    it, step multiplier halved, π untouched), and the log has both improvements."""
+    from metaopt.controller import momentum_controller
+    from metaopt.training.gps_loop import PreviousModel, gps_iteration, init_state, make_task
+    from metaopt.training.rollout import select_tracked
+
+    config = tiny_config
+    task = make_task(config)
+    state = init_state(config, task)
+    tracked = select_tracked(jax.random.key(config.seed + 4), task.init_params(jax.random.key(0)),
+                             config.num_tracked)
+    groups = len(state.eta)
+    timid = momentum_controller(learning_rate=0.1 * config.learning_rate, momentum=0.0,
+                                horizon=config.horizon, variance=config.exploration_variance,
+                                num_groups=groups)
+    state = state._replace(controller=jax.tree.map(np.asarray, timid), has_previous=np.bool_(True),
+                           previous=PreviousModel(state.controller, np.float32(0.01)))
+    new_state, entry = gps_iteration(config, task, tracked, state)
+    assert "worse" in entry["rolled_back"]
+    assert entry["realized_improvement"] < 0
+    np.testing.assert_allclose(entry["predicted_improvement"], 0.01)
+    np.testing.assert_array_equal(new_state.controller.gain, state.previous.controller.gain)
+    np.testing.assert_allclose(new_state.step_multiplier, 0.5 * state.step_multiplier)
+    for new, old in zip(jax.tree.leaves(new_state.theta), jax.tree.leaves(state.theta), strict=True):
+        np.testing.assert_array_equal(new, old)
+    assert not bool(new_state.has_previous)       # the next iteration has nothing to judge
+
+
+def test_coupling_starts_in_units_of_eta():
+    from metaopt.training.gps_loop import couple, coupled
+
+    duals = BadmmDuals(np.zeros((2, 3, 1)), np.zeros((2, 3)))
+    assert not coupled(duals)
+    new = couple(dataclasses.replace(_config(), initial_penalty=0.1), duals, np.array([1e-4, 3.0]))
+    assert coupled(new)
+    np.testing.assert_allclose(new.penalty, [[1e-5] * 3, [0.3] * 3])
+
+
+def _config():
+    from metaopt.training.gps_loop import TrainConfig
+
+    return TrainConfig.tiny()
+
+
+def test_pathwise_gps_runs_end_to_end_within_its_budget(tiny_config):
+    config = dataclasses.replace(tiny_config, c_step="pathwise", inner_iterations=1,
+                                 pathwise_steps=2, iterations=2)
+    theta, log = train(config)
+    assert [e["c_step"] for e in log] == ["pathwise", "pathwise"]
+    first, second = log
+    assert first["pathwise_steps_accepted"] >= 1 and first["next_predicted_improvement"] > 0
+    assert math.isfinite(second["realized_improvement"])
+    np.testing.assert_allclose(second["predicted_improvement"], first["next_predicted_improvement"],
+                               rtol=1e-6)
+    for entry in log:
+        if not entry["rolled_back"]:
+            assert all(kl <= b * (1 + 1e-5) for kl, b in zip(entry["kl"], entry["kl_budget"],
+                                                             strict=True))
+    assert second["penalty"][0] > 0 or second["rolled_back"]    # coupled once π was fit
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(theta))
+
+
+def test_train_config_rejects_unknown_c_step():
+    with pytest.raises(ValueError, match="c_step"):
+        dataclasses.replace(_config(), c_step="ddp")
