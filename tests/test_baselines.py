@@ -238,20 +238,22 @@ def test_make_baseline_errors():
         BASELINES["momentum_cosine"].grid_points()
 
 
+def run_traced(tx):
+    """Three steps of ``tx`` on f from X0 (under jit the Python loop unrolls into one program)."""
+    x = jnp.asarray(X0)
+    state = tx.init(x)
+    for _ in range(3):
+        v, g = jax.value_and_grad(f)(x)
+        u, state = tx.update(g, state, x, value=v, grad=g, value_fn=f)
+        x = optax.apply_updates(x, u)
+    return x
+
+
 def test_baselines_accept_traced_hyperparameters():
     @jax.jit
     @jax.vmap
     def final(lr):
         return run_traced(make_baseline("adam", learning_rate=lr))
-
-    def run_traced(tx):
-        x = jnp.asarray(X0)
-        state = tx.init(x)
-        for _ in range(3):
-            v, g = jax.value_and_grad(f)(x)
-            u, state = tx.update(g, state, x, value=v, grad=g, value_fn=f)
-            x = optax.apply_updates(x, u)
-        return x  # traced once under jit: the Python loop unrolls into one program
 
     expected = np.stack([np_adam(0.05)[-1], np_adam(0.01)[-1]])
     np.testing.assert_allclose(final(jnp.array([0.05, 0.01])), expected, rtol=1e-10)
@@ -307,15 +309,6 @@ def test_cosine_baselines_accept_traced_peaks_under_vmap(name):
     @jax.vmap
     def last(peak):
         return run_traced(spec.factory(learning_rate=peak, decay_steps=4, **extra))
-
-    def run_traced(tx):
-        x = jnp.asarray(X0)
-        state = tx.init(x)
-        for _ in range(3):
-            v, g = jax.value_and_grad(f)(x)
-            u, state = tx.update(g, state, x, value=v, grad=g, value_fn=f)
-            x = optax.apply_updates(x, u)
-        return x
 
     args = (0.9,) if extra else ()
     expected = np.stack([reference(np_cosine(float(p), 4), *args)[-1] for p in peaks])
