@@ -61,7 +61,7 @@ def main():
     budget = np.full(len(sizes), config.horizon * config.kl_step)
     fresh = [jax.random.split(jax.random.key(5000 + i), config.num_samples)
              for i in range(args.fresh_sets)]
-    objective = jax.jit(pathwise.sampled_objective)
+    objective = pathwise.sampled_objective_jit
     base = [float(objective(task, state.controller, init_key, k)) for k in fresh]
 
     variants = {}

@@ -273,7 +273,6 @@ def evaluate_policy(theta, task, key, *, num_steps: int) -> jax.Array:
 
 
 _s_step_loss = jax.jit(policy_fit.s_step_loss)
-_sampled_objective = jax.jit(pathwise.sampled_objective, static_argnames=("privileged",))
 
 
 _estimated_cost = jax.jit(estimated_cost)
@@ -375,7 +374,7 @@ def gps_iteration(config: TrainConfig, task, tracked: TrackedCoordinates,
     predicted = float(state.previous.predicted_improvement)
     realized = float("nan")
     if bool(state.has_previous) and np.isfinite(predicted):
-        before = float(_sampled_objective(task, state.previous.controller, init_key, sample_keys,
+        before = float(pathwise.sampled_objective_jit(task, state.previous.controller, init_key, sample_keys,
                                           privileged=config.privileged_gradient))
         realized = before - objective
         judged = {"predicted_improvement": predicted, "realized_improvement": realized,

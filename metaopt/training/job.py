@@ -29,8 +29,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from metaopt.evaluation.report import write_report
-from metaopt.evaluation.tuning import read_tuned_baselines, run_grid, tune
-from metaopt.evaluation.unroll import eval_steps
+from metaopt.evaluation.tuning import read_tuned_baselines, run_grid, seed_keys, tune
+from metaopt.evaluation.unroll import eval_steps, unroll
 from metaopt.learned_optimizer import learned_opt
 from metaopt.optimizers.baselines import BASELINES
 from metaopt.serialization import save
@@ -171,10 +171,16 @@ def select_policy(job: TrainJobConfig, candidates: dict[str, object]):
       ``(label, theta, scores)`` with scores label → {"final": …, "auc": …}.
     """
     task = evaluation_task(job.train)
+    keys = seed_keys(job.tuning_seeds)
+
+    @jax.jit   # θ is an argument: one compilation for every candidate
+    def curves_of(theta, keys, task):
+        return jax.vmap(lambda k: unroll(learned_opt(theta), task, k, num_steps=job.train.horizon,
+                                         eval_every=job.eval_every).true_loss)(keys)
+
     scores = {}
     for label, theta in candidates.items():
-        curves = run_grid(lambda theta=theta: learned_opt(theta), [{}], task, job.tuning_seeds,
-                          num_steps=job.train.horizon, eval_every=job.eval_every)[0]
+        curves = np.asarray(curves_of(theta, keys, task))
         final = curves[:, -1]
         scores[label] = {"final": float(np.mean(final)) if np.all(np.isfinite(final)) else np.inf,
                          "auc": float(np.mean(np.sum(curves, -1)))}

@@ -44,7 +44,7 @@ from metaopt.gps.moments import mean_covariance
 from metaopt.gps.types import LinearGaussianController, RegressionMoments, float64
 
 __all__ = ["PathwiseResult", "block_size", "natural_step", "pathwise_c_step",
-           "sampled_objective", "sampled_objective_and_grad", "state_second_moment"]
+           "sampled_objective", "sampled_objective_and_grad", "sampled_objective_jit", "state_second_moment"]
 
 
 def block_size(horizon: int) -> int:
@@ -105,6 +105,7 @@ def sampled_objective(task, controllers: LinearGaussianController, init_key: jax
 
 
 sampled_objective_and_grad = jax.jit(jax.value_and_grad(sampled_objective, argnums=1))
+sampled_objective_jit = jax.jit(sampled_objective, static_argnames=("privileged", "chunk_size"))
 
 
 def _index(state_index) -> np.ndarray:

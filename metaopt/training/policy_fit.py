@@ -131,8 +131,8 @@ def whitening(data: SStepData) -> Whitening:
         mean = (weight * x).sum(axes) / count
         var = (weight * jnp.square(x - mean)).sum(axes) / count
         scale = jnp.sqrt(var)
-        # A constant input (variance 0) keeps unit scale: nothing to whiten.
-        return mean, jnp.where(scale > 1e-30, scale, 1.0)
+        # A constant input (spread below float rounding of its mean) keeps unit scale.
+        return mean, jnp.where(scale > 1e-6 * jnp.abs(mean), scale, 1.0)
 
     obs_mean, obs_scale = stats(data.observations, valid[..., None])
     target_mean, target_scale = stats(data.targets, valid)
