@@ -10,29 +10,43 @@ from metaopt import features
 from metaopt.features import OBS_DIM
 from metaopt.fused_policy import fused_policy_available, fused_policy_step
 from metaopt.optimizers.guards import check_finite_weights, check_float_leaves
-from metaopt.policy import Theta, apply_policy, init_carry, policy_hidden_size
+from metaopt.mlp_policy import is_mlp_policy
+from metaopt.policy import LSTMCarry, Theta, apply_policy, init_carry, policy_hidden_size
+from metaopt.scale_free_optimizer import scale_free_opt
 
 __all__ = ["LearnedOptState", "learned_opt"]
 
 
 class LearnedOptState(NamedTuple):
-    """State of :func:`learned_opt`.
+    """State of :func:`learned_opt` with the paper's LSTM policy, laid out the optax way: every
+    per-leaf field is one tree shaped like ``params`` (so ``optax.tree_utils.tree_get``, flax
+    ``nnx.Optimizer`` and Orbax see plain trees).
 
     Attributes:
       count: int32, number of finite ``value``s seen (the objective's step index t).
       prev_value: float32, the last finite ``value`` f̂(t−1).
-      history: per leaf, a :class:`metaopt.features.ObservationHistory` (x(t−1),
-        x(t−1) − x(t−2), |ĝ(t−1)| and the leaf's own step count).
-      carry: per leaf, the policy's :class:`metaopt.policy.LSTMCarry`, ``leaf.shape + (H,)``.
+      leaf_count: per leaf int32, observations folded into that leaf's history (it stops while
+        the leaf is skipped for a non-finite gradient).
+      prev_iterate: per leaf x(t−1), in the leaf's dtype.
+      prev_delta: per leaf float32 x(t−1) − x(t−2).
+      prev_grad_abs: per leaf float32 |ĝ(t−1)|.
+      cell, hidden: per leaf the policy's LSTM memory, ``leaf.shape + (H,)`` float32.
       nonfinite_count: int32, number of updates in which some leaf was skipped because its
         gradient, its parameters or ``value`` were not finite.
     """
 
     count: jax.Array
     prev_value: jax.Array
-    history: Any
-    carry: Any
+    leaf_count: Any
+    prev_iterate: Any
+    prev_delta: Any
+    prev_grad_abs: Any
+    cell: Any
+    hidden: Any
     nonfinite_count: jax.Array
+
+
+_HISTORY_FIELDS = ("leaf_count", "prev_iterate", "prev_delta", "prev_grad_abs")
 
 
 # On a single CPU device the policy step runs as one fused kernel (metaopt.fused_policy, ~1.4x
@@ -70,8 +84,16 @@ def _observation_limit(theta: Theta) -> jax.Array:
     return _F32_MAX / (4.0 * jnp.maximum(weight, 1.0))
 
 
-def learned_opt(theta: Theta) -> optax.GradientTransformationExtraArgs:
+def learned_opt(theta: Theta | None = None, *, learning_rate: optax.ScalarOrSchedule = 1.0
+                ) -> optax.GradientTransformationExtraArgs:
     """The learned optimizer: one policy step per coordinate (SPEC §1, §4).
+
+    ``theta`` is either the paper's LSTM policy (below) or a scale-free MLP policy
+    (:mod:`metaopt.mlp_policy`; then this returns :func:`metaopt.scale_free_optimizer.scale_free_opt`,
+    whose step is relative to each leaf's parameter scale); ``None`` loads the shipped policy
+    (``metaopt.pretrained()``). ``learning_rate`` multiplies every step (a float, a scalar array,
+    e.g. through ``optax.inject_hyperparams``, or a schedule of the step count); meta-training
+    used 1.
 
     Every coordinate j of every leaf observes Ψ_j(t) (3 features: relative change of the
     minibatch objective, gradient over previous |gradient| + 1, previous step over latest
@@ -80,7 +102,8 @@ def learned_opt(theta: Theta) -> optax.GradientTransformationExtraArgs:
 
     Args:
       theta: policy weights, from :func:`metaopt.policy.init_policy`, :func:`metaopt.load`
-        or meta-training.
+        or meta-training; ``None`` for the shipped one.
+      learning_rate: multiplier of the policy's step (see above).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. ``update(grads, state, params, *, value)``
@@ -119,17 +142,30 @@ def learned_opt(theta: Theta) -> optax.GradientTransformationExtraArgs:
       updates, state = tx.update(grads, state, params, value=loss)
       params = optax.apply_updates(params, updates)
     """
+    if theta is None:
+        from metaopt.pretrained import pretrained
+
+        theta = pretrained()
+    if is_mlp_policy(theta):
+        return scale_free_opt(theta, learning_rate=learning_rate)
     hidden_size = policy_hidden_size(theta)
     check_finite_weights(theta, fix="Load an intact policy (metaopt.load) or the one shipped "
                                     "(metaopt.pretrained()).")
 
     def init_fn(params):
         check_float_leaves(params, "params", owner="learned_opt")
+        history = lambda name: jax.tree.map(
+            lambda x: getattr(features.init_observation_history(x), name), params)
+        carry = lambda i: jax.tree.map(lambda x: init_carry(x, hidden_size)[i], params)
         return LearnedOptState(
             count=jnp.zeros((), jnp.int32),
             prev_value=jnp.zeros((), jnp.float32),
-            history=jax.tree.map(features.init_observation_history, params),
-            carry=jax.tree.map(lambda x: init_carry(x, hidden_size), params),
+            leaf_count=jax.tree.map(lambda _: jnp.zeros((), jnp.int32), params),
+            prev_iterate=history("prev_iterate"),
+            prev_delta=history("prev_delta"),
+            prev_grad_abs=history("prev_grad_abs"),
+            cell=carry(0),
+            hidden=carry(1),
             nonfinite_count=jnp.zeros((), jnp.int32),
         )
 
@@ -163,8 +199,11 @@ def learned_opt(theta: Theta) -> optax.GradientTransformationExtraArgs:
         grad_leaves = [grad for _, grad in paths_and_grads]
         try:
             param_leaves = treedef.flatten_up_to(params)
-            histories = treedef.flatten_up_to(state.history)
-            carries = treedef.flatten_up_to(state.carry)
+            histories = [features.ObservationHistory(*fields) for fields in zip(
+                *(treedef.flatten_up_to(getattr(state, name)) for name in _HISTORY_FIELDS),
+                strict=True)]
+            carries = [LSTMCarry(*c) for c in zip(treedef.flatten_up_to(state.cell),
+                                                  treedef.flatten_up_to(state.hidden), strict=True)]
         except (TypeError, ValueError) as err:
             raise ValueError(
                 "learned_opt: updates, params and the optimizer state must have the same "
@@ -185,6 +224,8 @@ def learned_opt(theta: Theta) -> optax.GradientTransformationExtraArgs:
         objective_change = features.relative_objective_change(state.count, value, state.prev_value)
         obs_limit = _observation_limit(theta)
         use_fused_kernel = fused_policy_available(theta)
+        lr = (learning_rate(state.count) if callable(learning_rate) else learning_rate)
+        lr = jnp.asarray(lr, jnp.float32)
         new_updates, new_histories, new_carries, skipped = [], [], [], []
         for grad, x, history, carry in zip(
             grad_leaves, param_leaves, histories, carries, strict=True
@@ -205,17 +246,19 @@ def learned_opt(theta: Theta) -> optax.GradientTransformationExtraArgs:
                     theta, carry, capped, active=ok, chunk_size=chunk_size
                 )
             keep = lambda new, old, ok=ok: jnp.where(ok, new, old).astype(old.dtype)
-            new_updates.append(step.astype(grad.dtype))
+            new_updates.append((lr * step).astype(grad.dtype))
             new_histories.append(jax.tree.map(keep, new_history, history))
             new_carries.append(new_carry)
             skipped.append(~ok)
 
         any_skipped = jnp.any(jnp.stack(skipped)) if skipped else jnp.zeros((), bool)
+        field = lambda items, i: treedef.unflatten([item[i] for item in items])
         new_state = LearnedOptState(
             count=state.count + value_ok.astype(jnp.int32),
             prev_value=jnp.where(value_ok, value, state.prev_value),
-            history=treedef.unflatten(new_histories),
-            carry=treedef.unflatten(new_carries),
+            **{name: field(new_histories, i) for i, name in enumerate(_HISTORY_FIELDS)},
+            cell=field(new_carries, 0),
+            hidden=field(new_carries, 1),
             nonfinite_count=state.nonfinite_count + any_skipped.astype(jnp.int32),
         )
         return treedef.unflatten(new_updates), new_state

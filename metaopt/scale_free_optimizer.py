@@ -1,0 +1,165 @@
+"""``scale_free_opt``: the per-coordinate MLP policy on scale-free features, as an optax transformation.
+
+Each coordinate's step is the policy's relative step (:mod:`metaopt.mlp_policy`) times its leaf's
+parameter scale σ, fixed at ``init``: σ = RMS of the leaf's initial values, or, for a leaf that
+starts at all zeros (a bias), the RMS over all initial parameters, or 1 when every parameter starts
+at zero (then the step is in absolute units). Hence (tested):
+
+* multiplying the loss by c > 0 leaves the whole trajectory unchanged (to float32 rounding);
+* multiplying one (non-zero) leaf's parameters by c, with its gradients in the matching units
+  (divided by c), multiplies its steps by c;
+* |Δx| ≤ learning_rate · σ · e^LOG_STEP_MAX for any finite input.
+
+Example::
+
+  tx = metaopt.learned_opt(theta)                  # theta from init_mlp_policy / metaopt.load
+  state = tx.init(params)
+  updates, state = tx.update(grads, state, params, value=loss)
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metaopt import scale_free_features as sff
+from metaopt.mlp_policy import Theta, mlp_policy_sizes, mlp_policy_steps
+from metaopt.optimizers.guards import check_finite_weights, check_float_leaves
+
+__all__ = ["ScaleFreeOptState", "parameter_scales", "scale_free_opt"]
+
+
+class ScaleFreeOptState(NamedTuple):
+    """State of :func:`scale_free_opt`; every per-leaf field is one tree shaped like ``params``.
+
+    Attributes:
+      count: int32, number of finite ``value``s seen (the problem's step t).
+      prev_value: float32, the last finite ``value``.
+      trend: float32, EMA of the relative objective change (feature 5).
+      leaf_count: per leaf int32, gradients folded into that leaf's moments.
+      momentum: per leaf ``leaf.shape + (3,)`` float32, EMAs of ĝ at β = 0.5, 0.9, 0.99.
+      second_moment: per leaf float32, EMA of ĝ² (β = 0.999).
+      scale: per leaf float32 scalar σ (module docs).
+      nonfinite_count: int32, updates in which some leaf was skipped (non-finite input).
+    """
+
+    count: jax.Array
+    prev_value: jax.Array
+    trend: jax.Array
+    leaf_count: Any
+    momentum: Any
+    second_moment: Any
+    scale: Any
+    nonfinite_count: jax.Array
+
+
+def _rms(x) -> jax.Array:
+    x = jnp.asarray(x, jnp.float32)
+    return jnp.sqrt(jnp.mean(x * x)) if x.size else jnp.zeros((), jnp.float32)
+
+
+def parameter_scales(params):
+    """σ per leaf (module docs): its initial RMS, else the RMS of all parameters, else 1."""
+    leaves = jax.tree.leaves(params)
+    total = sum(jnp.sum(jnp.square(jnp.asarray(x, jnp.float32))) for x in leaves)
+    size = sum(x.size for x in leaves)
+    overall = jnp.sqrt(total / size) if size else jnp.zeros((), jnp.float32)
+    overall = jnp.where(overall > 0, overall, 1.0)
+    return jax.tree.map(lambda x: jnp.where(_rms(x) > 0, _rms(x), overall), params)
+
+
+def _learning_rate(learning_rate, count):
+    value = learning_rate(count) if callable(learning_rate) else learning_rate
+    return jnp.asarray(value, jnp.float32)
+
+
+def scale_free_opt(theta: Theta, *, learning_rate: optax.ScalarOrSchedule = 1.0
+                   ) -> optax.GradientTransformationExtraArgs:
+    """The learned optimizer with scale-free features and a relative step (module docs).
+
+    Args:
+      theta: MLP policy weights (:func:`metaopt.mlp_policy.init_mlp_policy`, ``metaopt.load``).
+      learning_rate: multiplies every step; a float, a scalar array (e.g. through
+        ``optax.inject_hyperparams``) or a schedule of the step count. 1 is what meta-training
+        used.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``; ``update(grads, state, params, *, value)``
+      needs the keyword ``value`` (the minibatch objective); ``params`` is optional. A leaf whose
+      gradient is not finite, or every leaf when ``value`` is not, takes a zero step and keeps its
+      state; ``state.nonfinite_count`` counts such updates.
+
+    Raises:
+      ValueError: ``theta`` is not an MLP policy or holds NaN/inf; ``value`` missing or not a
+        scalar; grads unlike the state.
+      TypeError: a leaf is not floating point.
+    """
+    mlp_policy_sizes(theta)
+    check_finite_weights(theta, fix="Load an intact policy (metaopt.load) or make one with "
+                                    "metaopt.mlp_policy.init_mlp_policy.")
+
+    def init_fn(params):
+        check_float_leaves(params, "params", owner="learned_opt")
+        moments = lambda i: jax.tree.map(lambda x: sff.init_moments(x)[i], params)
+        return ScaleFreeOptState(
+            count=jnp.zeros((), jnp.int32), prev_value=jnp.zeros((), jnp.float32),
+            trend=jnp.zeros((), jnp.float32),
+            leaf_count=jax.tree.map(lambda _: jnp.zeros((), jnp.int32), params),
+            momentum=moments(0), second_moment=moments(1), scale=parameter_scales(params),
+            nonfinite_count=jnp.zeros((), jnp.int32))
+
+    def update_fn(updates, state, params=None, *, value=None, **extra_args):
+        del params, extra_args
+        if value is None:
+            raise ValueError("learned_opt needs the minibatch objective: call "
+                             "tx.update(grads, state, params, value=loss).")
+        check_float_leaves(updates, "updates", owner="learned_opt")
+        value = jnp.asarray(value)
+        if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
+            raise TypeError(f"learned_opt: value must be the real scalar minibatch objective, got "
+                            f"dtype {value.dtype}.")
+        if value.shape != ():
+            raise ValueError(f"learned_opt: value must be the scalar minibatch objective, got shape "
+                             f"{value.shape} (under jax.vmap pass one scalar per problem).")
+        value = value.astype(jnp.float32)
+        grads, treedef = jax.tree.flatten(updates)
+        try:
+            fields = [treedef.flatten_up_to(getattr(state, name)) for name in
+                      ("leaf_count", "momentum", "second_moment", "scale")]
+        except (TypeError, ValueError) as err:
+            raise ValueError("learned_opt: updates and the optimizer state must have the same tree "
+                             f"structure (was the state made by init(params) for these params?): "
+                             f"{err}") from err
+        for g, m in zip(grads, fields[1], strict=True):
+            if jnp.shape(m) != jnp.shape(g) + (len(sff.MOMENTUM_DECAYS),):
+                raise ValueError(f"learned_opt: a gradient leaf has shape {jnp.shape(g)} but its "
+                                 f"state {jnp.shape(m)[:-1]}: was the state made by init(params) "
+                                 "for these params?")
+        value_ok = jnp.isfinite(value)
+        change = sff.relative_objective_change(state.count, value, state.prev_value)
+        trend = sff.objective_trend(state.trend, change)
+        lr = _learning_rate(learning_rate, state.count)
+        outs = []
+        for g, n, m, v, s in zip(grads, *fields, strict=True):
+            obs, new_m, new_v = sff.scale_free_features(
+                m, v, n, g, step=state.count, objective_change=change, trend=trend)
+            ok = value_ok & jnp.all(jnp.isfinite(g))
+            step = jnp.where(ok, lr * mlp_policy_steps(theta, obs, s), 0.0)
+            keep = lambda new, old, ok=ok: jnp.where(ok, new, old).astype(old.dtype)
+            outs.append((step.astype(g.dtype), keep(n + 1, n), keep(new_m, m), keep(new_v, v), ~ok))
+        steps, counts, momenta, seconds, skipped = (list(c) for c in zip(*outs, strict=True)) \
+            if outs else ([], [], [], [], [])
+        any_skipped = jnp.any(jnp.stack(skipped)) if skipped else jnp.zeros((), bool)
+        new_state = ScaleFreeOptState(
+            count=state.count + value_ok.astype(jnp.int32),
+            prev_value=jnp.where(value_ok, value, state.prev_value),
+            trend=jnp.where(value_ok, trend, state.trend),
+            leaf_count=treedef.unflatten(counts), momentum=treedef.unflatten(momenta),
+            second_moment=treedef.unflatten(seconds), scale=state.scale,
+            nonfinite_count=state.nonfinite_count + any_skipped.astype(jnp.int32))
+        return treedef.unflatten(steps), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
