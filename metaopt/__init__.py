@@ -3,18 +3,20 @@
 Example::
 
   import optax, metaopt
-  theta = metaopt.init_policy(jax.random.key(0))     # or metaopt.load("policy.metaopt")
+  theta = metaopt.init_policy(jax.random.key(0))     # or metaopt.pretrained(), metaopt.load(path)
   tx = optax.chain(optax.clip_by_global_norm(1.0), metaopt.learned_opt(theta))
   state = tx.init(params)
   updates, state = tx.update(grads, state, params, value=loss)
   params = optax.apply_updates(params, updates)
 """
 
+# The module itself, callable (metaopt.pretrained() loads the shipped policy) and with its
+# functions as attributes (metaopt.pretrained.pretrained_l2l(), .pretrained_info(), ...).
+from metaopt import pretrained
 from metaopt.controller import linear_gaussian_controller, momentum_controller
 from metaopt.features import GPS_STATE_DIM
 from metaopt.learned_optimizer import LearnedOptState, learned_opt
 from metaopt.policy import init_policy
-from metaopt.pretrained import pretrained
 from metaopt.serialization import PolicyFileError, load, save
 
 __version__ = "0.1.0"

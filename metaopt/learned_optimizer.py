@@ -9,8 +9,8 @@ import optax
 from metaopt import features
 from metaopt.features import OBS_DIM
 from metaopt.fused_policy import fused_policy_available, fused_policy_step
-from metaopt.optimizers.guards import check_finite_weights, check_float_leaves
 from metaopt.mlp_policy import is_mlp_policy
+from metaopt.optimizers.guards import check_finite_weights, check_float_leaves
 from metaopt.policy import LSTMCarry, Theta, apply_policy, init_carry, policy_hidden_size
 from metaopt.scale_free_optimizer import scale_free_opt
 

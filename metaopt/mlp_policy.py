@@ -2,7 +2,7 @@
 
 The paper's policy is a 128-cell LSTM per coordinate that outputs the step in absolute units
 (:mod:`metaopt.policy`): ~1 KB of state and ~120× Adam's cost per parameter. Here the memory is in
-the features (EMAs of ĝ and ĝ² at several timescales, :mod:`metaopt.scale_free_features`) and the
+the features (EMAs of ĝ at several timescales and of |ĝ|, :mod:`metaopt.scale_free_features`) and the
 policy is a small MLP applied to every coordinate; its two outputs are a direction d and a log
 magnitude m, and the step is relative to the leaf's parameter scale σ::
 
@@ -14,8 +14,8 @@ so |Δx| ≤ learning_rate · σ · e^LOG_STEP_MAX for any input. ``theta`` is a
   {"skip": {"kernel": (9, 2), "bias": (2,)},
    "layer_0": {"kernel": (9, H0), "bias": (H0,)}, ..., "out": {"kernel": (H_last, 2), "bias": (2,)}}
 
-Initialisation: ``out`` is zero and ``skip`` reads only m̂(0.9)/√v̂, so the untrained policy is
-"relative sign-Adam": Δx = −init_step_size · σ · tanh(m̂/√v̂); the hidden layers start with
+Initialisation: ``out`` is zero and ``skip`` reads only m̂(0.9)/ā, so the untrained policy is
+"relative sign-momentum": Δx = −init_step_size · σ · tanh(m̂(0.9)/ā); the hidden layers start with
 LeCun-normal weights and join in as soon as meta-training moves ``out``.
 
 Example::
@@ -57,7 +57,7 @@ def is_mlp_policy(theta) -> bool:
 
 def init_mlp_policy(key: jax.Array, *, hidden_sizes: tuple[int, ...] = HIDDEN_SIZES,
                     init_step_size: float = 0.01) -> Theta:
-    """Fresh weights whose untrained step is ``−init_step_size · σ · tanh(m̂(0.9)/√v̂)``."""
+    """Fresh weights whose untrained step is ``−init_step_size · σ · tanh(m̂(0.9)/ā)``."""
     if not 0.0 < init_step_size <= math.exp(LOG_STEP_MAX):
         raise ValueError(f"init_step_size must be in (0, {math.exp(LOG_STEP_MAX):.3f}] (relative "
                          f"to the parameter scale), got {init_step_size}.")
@@ -97,8 +97,7 @@ def mlp_policy_sizes(theta: Theta) -> tuple[int, ...]:
         shapes = {name: {k: tuple(jnp.shape(v)) for k, v in theta[name].items()} for name in theta}
     except AttributeError as err:
         raise ValueError(f"theta's entries are not weight dicts; {expected}") from err
-    sizes = tuple(shapes[name].get("bias", (0,))[0] if shapes[name].get("bias") else 0
-                  for name in layers)
+    sizes = tuple((shapes[name].get("bias") or (0,))[0] for name in layers)
     dims = (SCALE_FREE_DIM, *sizes)
     want = {f"layer_{i}": {"kernel": (dims[i], dims[i + 1]), "bias": (dims[i + 1],)}
             for i in range(len(layers))}

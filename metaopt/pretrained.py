@@ -4,6 +4,12 @@ Example::
 
   import optax, metaopt
   tx = optax.chain(optax.clip_by_global_norm(1.0), metaopt.learned_opt(metaopt.pretrained()))
+  l2l_theta = metaopt.pretrained.pretrained_l2l()    # the shipped L2L baseline
+  metaopt.pretrained.pretrained_info()               # how the shipped policy was made
+
+``metaopt.pretrained`` is this module, and calling it is calling ``pretrained()``: both
+``metaopt.pretrained(path)`` and ``metaopt.pretrained.pretrained_path()`` work, as does
+``from metaopt.pretrained import pretrained``.
 
 ``metaopt/assets/policy.json`` records the command, configuration and training log summary of the
 run that produced the file (``pretrained_info()`` returns it).
@@ -13,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import types
 from importlib import resources
 from typing import Any
 
@@ -76,3 +84,18 @@ def pretrained_info() -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no {INFO_FILE} next to the shipped policy ({path}).")
     return json.loads(path.read_text())
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable: ``metaopt.pretrained(path)`` is ``pretrained(path)``.
+
+    The package attribute ``metaopt.pretrained`` is the module (so that
+    ``metaopt.pretrained.pretrained_l2l()`` works) and callers of ``metaopt.pretrained()`` keep
+    working.
+    """
+
+    def __call__(self, path: str | os.PathLike | None = None) -> Theta:
+        return pretrained(path)
+
+
+sys.modules[__name__].__class__ = _CallableModule

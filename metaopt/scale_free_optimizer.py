@@ -41,7 +41,7 @@ class ScaleFreeOptState(NamedTuple):
       trend: float32, EMA of the relative objective change (feature 5).
       leaf_count: per leaf int32, gradients folded into that leaf's moments.
       momentum: per leaf ``leaf.shape + (3,)`` float32, EMAs of ĝ at β = 0.5, 0.9, 0.99.
-      second_moment: per leaf float32, EMA of ĝ² (β = 0.999).
+      magnitude: per leaf float32, EMA of |ĝ| (β = 0.999).
       scale: per leaf float32 scalar σ (module docs).
       nonfinite_count: int32, updates in which some leaf was skipped (non-finite input).
     """
@@ -51,7 +51,7 @@ class ScaleFreeOptState(NamedTuple):
     trend: jax.Array
     leaf_count: Any
     momentum: Any
-    second_moment: Any
+    magnitude: Any
     scale: Any
     nonfinite_count: jax.Array
 
@@ -108,7 +108,7 @@ def scale_free_opt(theta: Theta, *, learning_rate: optax.ScalarOrSchedule = 1.0
             count=jnp.zeros((), jnp.int32), prev_value=jnp.zeros((), jnp.float32),
             trend=jnp.zeros((), jnp.float32),
             leaf_count=jax.tree.map(lambda _: jnp.zeros((), jnp.int32), params),
-            momentum=moments(0), second_moment=moments(1), scale=parameter_scales(params),
+            momentum=moments(0), magnitude=moments(1), scale=parameter_scales(params),
             nonfinite_count=jnp.zeros((), jnp.int32))
 
     def update_fn(updates, state, params=None, *, value=None, **extra_args):
@@ -128,7 +128,7 @@ def scale_free_opt(theta: Theta, *, learning_rate: optax.ScalarOrSchedule = 1.0
         grads, treedef = jax.tree.flatten(updates)
         try:
             fields = [treedef.flatten_up_to(getattr(state, name)) for name in
-                      ("leaf_count", "momentum", "second_moment", "scale")]
+                      ("leaf_count", "momentum", "magnitude", "scale")]
         except (TypeError, ValueError) as err:
             raise ValueError("learned_opt: updates and the optimizer state must have the same tree "
                              f"structure (was the state made by init(params) for these params?): "
@@ -158,7 +158,7 @@ def scale_free_opt(theta: Theta, *, learning_rate: optax.ScalarOrSchedule = 1.0
             prev_value=jnp.where(value_ok, value, state.prev_value),
             trend=jnp.where(value_ok, trend, state.trend),
             leaf_count=treedef.unflatten(counts), momentum=treedef.unflatten(momenta),
-            second_moment=treedef.unflatten(seconds), scale=state.scale,
+            magnitude=treedef.unflatten(seconds), scale=state.scale,
             nonfinite_count=state.nonfinite_count + any_skipped.astype(jnp.int32))
         return treedef.unflatten(steps), new_state
 

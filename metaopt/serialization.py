@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from metaopt import mlp_policy, scale_free_features
 from metaopt.features import OBS_DIM
 from metaopt.optimizers import l2l
 from metaopt.policy import Theta, policy_hidden_size
@@ -52,6 +53,27 @@ FEATURE_SET = {
         "|x(max(t-1,1)) - x(max(t-2,0))| / (|x(t) - x(t-1)| + 0.1)",
     ],
 }
+
+MLP_FEATURE_SET = {
+    "name": "scale-free-v1",
+    "dim": scale_free_features.SCALE_FREE_DIM,
+    "momentum_decays": list(scale_free_features.MOMENTUM_DECAYS),
+    "magnitude_decay": scale_free_features.MAGNITUDE_DECAY,
+    "time_scales": list(scale_free_features.TIME_SCALES),
+    "feature_limit": scale_free_features.FEATURE_LIMIT,
+}
+
+
+def _mlp_architecture(hidden_sizes: tuple[int, ...]) -> dict[str, Any]:
+    return {
+        "name": mlp_policy.MLP_POLICY_KIND,
+        "hidden_sizes": [int(h) for h in hidden_sizes],
+        "observation_dim": scale_free_features.SCALE_FREE_DIM,
+        "activation": "relu",
+        "output": "scale * tanh(d) * exp(clip(m))",
+        "log_step_range": [mlp_policy.LOG_STEP_MIN, mlp_policy.LOG_STEP_MAX],
+    }
+
 
 __all__ = [
     "FORMAT_VERSION",
@@ -84,9 +106,14 @@ def save(path: str | os.PathLike, theta: Theta, *, metadata: dict[str, Any] | No
 
     Args:
       path: destination file.
-      theta: policy weights (validated; stored as float32).
+      theta: policy weights, the paper's LSTM or a scale-free MLP policy (validated; stored as
+        float32; the header records which).
       metadata: optional JSON-serialisable dict stored in the header (e.g. training details).
     """
+    if mlp_policy.is_mlp_policy(theta):
+        hidden_sizes = mlp_policy.mlp_policy_sizes(theta)
+        _write(path, theta, _mlp_architecture(hidden_sizes), MLP_FEATURE_SET, metadata)
+        return
     hidden_size = policy_hidden_size(theta)
     _write(path, theta, _architecture(hidden_size), FEATURE_SET, metadata)
 
@@ -188,6 +215,18 @@ def load(path: str | os.PathLike) -> Theta:
     header, payload = _read_verified(path)
     path = os.fspath(path)
     architecture = header["architecture"]
+    if architecture.get("name") == mlp_policy.MLP_POLICY_KIND:
+        if header["features"] != MLP_FEATURE_SET or architecture != _mlp_architecture(
+                architecture.get("hidden_sizes") or ()):
+            raise PolicyFileError(
+                f"{path} holds a scale-free MLP policy for features {header['features']} and "
+                f"architecture {architecture}; this metaopt runs {MLP_FEATURE_SET} with "
+                f"{_mlp_architecture(tuple(architecture.get('hidden_sizes') or ()))}")
+        theta, sizes = _restore_weights(path, payload, mlp_policy.mlp_policy_sizes)
+        if list(sizes) != architecture["hidden_sizes"]:
+            raise PolicyFileError(f"{path}: weights have hidden sizes {list(sizes)}, header says "
+                                  f"{architecture['hidden_sizes']}")
+        return theta
     if architecture.get("name") != ARCHITECTURE_NAME or header["features"] != FEATURE_SET:
         raise PolicyFileError(
             f"{path} holds architecture {architecture.get('name')!r} with feature set "

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from toy_tasks import least_squares_problem, optax_step
 
-from metaopt import features, learned_optimizer
+from metaopt import learned_optimizer
 from metaopt.learned_optimizer import LearnedOptState, learned_opt
 from metaopt.policy import (
     HIDDEN_SIZE,

@@ -271,7 +271,7 @@ def run_figure(spec: FigureSpec, out_dir: str | Path, *,
            "machine": machine_description(), "commit": git_commit()}
     (out / "table.json").write_text(json.dumps(doc, indent=1, allow_nan=True))
     (out / "table.md").write_text(markdown_summary(doc))
-    plot_figure(out / "figure.png", all_curves, steps, spec)
+    plot_figure(out / "figure.png", all_curves, steps, spec, gps_path=gps_path, l2l_path=l2l_path)
     return doc
 
 
@@ -366,30 +366,55 @@ def _first_line(message: str, dataset: str) -> str:
     return line + (" (offline: TFDS has not prepared it)" if "Tried" in message else "")
 
 
-def plot_figure(path, all_curves: dict[str, dict[str, np.ndarray]], steps, spec: FigureSpec):
-    """One log-y panel per dataset, mean over seeds; learned optimizers drawn thick."""
-    import matplotlib
+def plot_figure(path, all_curves: dict[str, dict[str, np.ndarray]], steps, spec: FigureSpec, *,
+                gps_path: str | None = None, l2l_path: str | None = None):
+    """One panel per dataset, mean over seeds; learned optimizers drawn thick and on top and
+    named by their weights (``gps_path``/``l2l_path`` as given to ``run_figure``; None: the
+    shipped ones); log y on a panel only where its means span a decade. The legend sits below the
+    panels (it hides no curve) and the title is wrapped to fit.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Returns:
+      the saved ``matplotlib.figure.Figure``.
+    """
+    from metaopt.evaluation.report import (
+        curve_colors,
+        fit_suptitle,
+        log_scale_helps,
+        new_figure,
+    )
 
     n = len(all_curves)
-    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4.2), squeeze=False)
-    for ax, (dataset, curves) in zip(axes[0], all_curves.items(), strict=True):
+    fig = new_figure(figsize=(max(5.2 * n, 7.0), 5.4))
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    labels = {GPS: f"{GPS} ({'shipped: metaopt.pretrained()' if gps_path is None else Path(gps_path).name})",
+              L2L: f"{L2L} ({'shipped: assets/l2l.metaopt' if l2l_path is None else Path(l2l_path).name})"}
+    names = list(dict.fromkeys(name for curves in all_curves.values() for name in curves))
+    colors = curve_colors(names, LEARNED)   # one colour per optimizer across the panels
+    handles = {}
+    for ax, (dataset, curves) in zip(axes, all_curves.items(), strict=True):
+        means = {}
         for name, curve in curves.items():
-            mean = np.asarray(curve, np.float64).mean(0)
-            ax.plot(steps, mean, label=name, lw=2.4 if name in LEARNED else 1.2,
-                    ls="-" if name in LEARNED else "--")
-        ax.set_yscale("log")
+            with np.errstate(invalid="ignore", over="ignore"):
+                means[name] = np.asarray(curve, np.float64).mean(0)
+        for name, mean in means.items():
+            learned = name in LEARNED
+            (line,) = ax.plot(steps, mean, label=labels.get(name, name), color=colors[name],
+                              lw=2.6 if learned else 1.2, ls="-" if learned else "--",
+                              zorder=5 if learned else 2)
+            handles.setdefault(line.get_label(), line)
+        log = log_scale_helps(*means.values())
+        if log:
+            ax.set_yscale("log")
         ax.set_title(f"{dataset}: {spec.net}, minibatch {spec.batch_size}", fontsize=10)
-        ax.set_xlabel("iteration")
+        ax.set_xlabel("iteration t")
+        ax.set_ylabel("true objective f(x_t), mean over seeds" + (" (log)" if log else ""))
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("true objective f(x_t)")
-    axes[0][-1].legend(fontsize=7)
-    fig.suptitle(f"{spec.name}: {spec.title}", fontsize=11)
-    fig.tight_layout()
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", fontsize=8,
+               ncol=min(len(handles), 4),
+               title=f"mean over {len(spec.eval_seeds)} held-out seed(s)", title_fontsize=8)
+    fit_suptitle(fig, f"{spec.name}: {spec.title}", fontsize=11)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def main(name: str, argv: Sequence[str] | None = None) -> dict:

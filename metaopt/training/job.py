@@ -188,65 +188,120 @@ def select_policy(job: TrainJobConfig, candidates: dict[str, object]):
     return best, candidates[best], scores
 
 
-def plot_training_log(path, log: list[dict]) -> None:
+def plot_training_log(path, log: list[dict], *, chosen_iteration: int | None = None):
     """Per GPS iteration: objectives and imitation gap, predicted vs realised improvement of each
-    C-step, KL vs budget, step multiplier and ν, S-step loss."""
-    import matplotlib
+    C-step, KL vs budget, step multiplier and ν, S-step loss. Returns the saved Figure.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    The x axis is the log's 0-based ``entry["iteration"]``; iteration i's S-step writes
+    ``policies/iter_{i+1:03d}.metaopt`` (``select_policy``'s label "iteration i+1").
+    ``chosen_iteration``: the shipped policy's label number k ("iteration k" in
+    ``policy.metaopt``'s metadata, ``policies/iter_00k.metaopt``): the entry k − 1 that made it is
+    marked on every panel. Without it, an entry with a true ``"shipped"`` field is marked.
+    Log y only on panels whose values are positive and span a decade; a panel with no finite
+    value says so instead of drawing empty (or crashing on) log axes.
+    """
+    from metaopt.evaluation.report import (
+        fit_suptitle,
+        log_scale_helps,
+        new_figure,
+        set_iteration_ticks,
+    )
 
-    it = [e["iteration"] for e in log]
-    get = lambda key: [e.get(key, np.nan) for e in log]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 7.5))
-    ax = axes[0, 0]
-    ax.plot(it, get("controller_objective"), "o-", label="controllers ψ (samples)")
-    ax.plot(it, get("policy_objective"), "s-", label="π mean")
-    ax.plot(it, get("policy_final_objective"), "^-", label="π mean, f(x_T)")
-    rolled = [e["iteration"] for e in log if e.get("rolled_back")]
-    if rolled:
-        ax.plot(rolled, [np.nanmin(get("controller_objective"))] * len(rolled), "rx",
-                label="rolled back")
-    ax.set(title="true objective on the training condition", ylabel="mean over t of f(x_t)")
-    ax.legend(fontsize=7)
-    ax = axes[0, 1]
-    ax.plot(it, get("imitation_gap"), "o-", color="C3")
-    ax.axhline(0.0, color="k", lw=0.5)
-    ax.set(title="imitation gap: π − controllers", ylabel="Δ mean_t f")
-    ax = axes[0, 2]
+    nan = float("nan")
+    it = [int(e["iteration"]) for e in log]
+    get = lambda key: np.asarray([e.get(key, nan) for e in log], np.float64)
+    per_group = lambda key, reduce: np.asarray(
+        [reduce(np.asarray(e.get(key, nan), np.float64)) for e in log], np.float64)
+    shipped_x, shipped_file = None, None
+    if chosen_iteration is not None:
+        shipped_x, shipped_file = int(chosen_iteration) - 1, int(chosen_iteration)
+    else:
+        flagged = [e for e in log if e.get("shipped")]
+        if flagged:
+            shipped_x = int(flagged[0]["iteration"])
+            shipped_file = shipped_x + 1
     # Entry i judges the C-step of iteration i − 1 on iteration i's fresh samples.
     judged = [i - 1 for i in it]
-    ax.plot(judged, get("predicted_improvement"), "o-", label="predicted by the C-step")
-    ax.plot(judged, get("realized_improvement"), "s-", label="realised on fresh samples (CRN)")
-    ax.axhline(0.0, color="k", lw=0.5)
-    ax.set(title="improvement of J per C-step", ylabel="fall of mean_t f")
-    ax.legend(fontsize=7)
-    ax = axes[1, 0]
-    ax.plot(it, [np.sum(e["kl"]) for e in log], "o-", label="Σ_g KL(ψ_new‖ψ)")
-    ax.plot(it, [np.sum(e["kl_budget"]) for e in log], "--", label="Σ_g budget")
-    ax.set_yscale("log")
-    ax.set(title="C-step trust region", ylabel="nats")
-    ax.legend(fontsize=7)
-    ax = axes[1, 1]
-    ax.plot(it, [np.mean(e["step_multiplier"]) for e in log], "o-", label="step multiplier")
-    ax.plot(it, [np.mean(e["penalty"]) for e in log], "s-", label="ν (mean)")
-    ax.set_yscale("log")
-    ax.set(title="trust-region scale and coupling", ylabel="value (log)")
-    ax.legend(fontsize=7)
-    ax = axes[1, 2]
-    ax.plot(it, get("s_step_loss_before"), "o-", label="before")
-    ax.plot(it, get("s_step_loss_after"), "s-", label="after")
-    ax.set_yscale("log")
-    ax.set(title="S-step loss", ylabel="weighted squared error")
-    ax.legend(fontsize=7)
-    for a in axes.flat:
-        a.set_xlabel("GPS iteration")
-        a.xaxis.set_major_locator(MaxNLocator(integer=True))
-        a.grid(True, alpha=0.3)
-    fig.tight_layout()
+    predicted, realized = get("predicted_improvement"), get("realized_improvement")
+    xs = set(it) | {j for j, p, r in zip(judged, predicted, realized, strict=True)
+                    if np.isfinite(p) or np.isfinite(r)}
+
+    fig = new_figure(figsize=(15, 8.2))
+    axes = fig.subplots(2, 3)
+    panels = []   # (ax, title, ylabel, xlabel, [(x, y, style, label, color)])
+    objective = [(it, get("controller_objective"), "o-", "controllers ψ (samples)", "C0"),
+                 (it, get("policy_objective"), "s-", "π mean, mean_t f", "C1"),
+                 (it, get("policy_final_objective"), "^-", "π mean, final f(x_T)", "C2")]
+    panels.append((axes[0, 0], "true objective on the training condition", "f (training condition)",
+                   "GPS iteration", objective))
+    panels.append((axes[0, 1], "imitation gap: π − controllers", "Δ mean_t f (π − ψ)",
+                   "GPS iteration", [(it, get("imitation_gap"), "o-", None, "C3")]))
+    panels.append((axes[0, 2], "improvement of J per C-step", "fall of mean_t f",
+                   "GPS iteration of the C-step judged",
+                   [(judged, predicted, "o-", "predicted by the C-step", "C0"),
+                    (judged, realized, "s-", "realised on fresh samples (CRN)", "C1")]))
+    panels.append((axes[1, 0], "C-step trust region", "KL (nats)", "GPS iteration",
+                   [(it, per_group("kl", np.sum), "o-", "Σ_g KL(ψ_new‖ψ)", "C0"),
+                    (it, per_group("kl_budget", np.sum), "--", "Σ_g budget", "C1")]))
+    # ν is orders of magnitude below the multiplier: its own (right-hand) axis, not a shared one
+    coupling = axes[1, 1].twinx()
+    panels.append((axes[1, 1], "trust-region scale and coupling", "step multiplier (mean)",
+                   "GPS iteration",
+                   [(it, per_group("step_multiplier", np.mean), "o-", "step multiplier", "C0")]))
+    panels.append((coupling, "", "ν, BADMM penalty (mean over groups)", "",
+                   [(it, per_group("penalty", np.mean), "s-", "ν", "C1")]))
+    panels.append((axes[1, 2], "S-step loss", "weighted squared error", "GPS iteration",
+                   [(it, get("s_step_loss_before"), "o-", "before", "C0"),
+                    (it, get("s_step_loss_after"), "s-", "after", "C1")]))
+    for ax, title, ylabel, xlabel, series in panels:
+        finite = [y for _, y, *_ in series if np.isfinite(y).any()]
+        log_y = log_scale_helps(*finite)
+        for x, y, style, label, color in series:   # a series without data stays off the legend
+            ax.plot(x, y, style, label=label if np.isfinite(y).any() else None, color=color)
+        if not finite and ax is not coupling:
+            ax.text(0.5, 0.7, "no finite values in this log", transform=ax.transAxes,
+                    ha="center", va="center", color="0.4", gid="no-data")
+        if log_y:
+            ax.set_yscale("log")
+        if (ax is axes[0, 1] or ax is axes[0, 2]) and not log_y:
+            ax.axhline(0.0, color="k", lw=0.5)
+        ax.set_ylabel(ylabel + (" (log scale)" if log_y else ""))
+        if ax is coupling or ax is axes[1, 1]:   # two axes: each label in its line's colour
+            ax.yaxis.label.set_color("C1" if ax is coupling else "C0")
+        if ax is coupling:
+            continue
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel(xlabel)
+        set_iteration_ticks(ax, xs)
+        ax.grid(True, which="both", alpha=0.3)
+        if shipped_x is not None and shipped_x in it:
+            ax.axvline(shipped_x, color="gold", lw=7, alpha=0.45, zorder=0, gid="shipped",
+                       label=(f"shipped π (iter_{shipped_file:03d})" if ax is axes[0, 0]
+                              else None))
+    rolled = [e["iteration"] for e in log if e.get("rolled_back")]
+    ax = axes[0, 0]
+    if rolled and np.isfinite(get("controller_objective")).any():
+        ax.plot(rolled, [np.nanmin(get("controller_objective"))] * len(rolled), "rx",
+                label="rolled back")
+    if shipped_x is not None and shipped_x in it:
+        final = get("policy_final_objective")[it.index(shipped_x)]
+        if np.isfinite(final):
+            ax.plot([shipped_x], [final], "*", color="darkgoldenrod", ms=16, zorder=6)
+    for ax, *_ in panels:
+        # the twin-axis panel has none: "best" would ignore the other axis's line and cover it;
+        # its y labels, coloured as the lines, say which is which
+        handles, labels = ax.get_legend_handles_labels()
+        if labels and ax is not coupling and ax is not axes[1, 1]:
+            ax.legend(handles, labels, fontsize=7)
+    title = f"GPS training log: {len(log)} iteration(s)"
+    if shipped_x is not None:
+        where = (f"made by GPS iteration {shipped_x} (marked)" if shipped_x in it
+                 else "not in this log")
+        title += (f"; shipped policy: iteration {shipped_file} "
+                  f"(policies/iter_{shipped_file:03d}.metaopt), {where}")
+    fit_suptitle(fig, title, fontsize=12)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def run_train_job(name: str, out_dir, *, resume: bool = False, progress: bool = True,

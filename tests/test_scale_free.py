@@ -1,0 +1,265 @@
+"""The scale-free learned optimizer: invariances, bounds, state layout, serialization (issue 16)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import metaopt
+from metaopt import scale_free_features as sff
+from metaopt.mlp_policy import LOG_STEP_MAX, init_mlp_policy, mlp_policy_sizes, mlp_policy_steps
+from metaopt.scale_free_optimizer import ScaleFreeOptState, parameter_scales
+
+
+def _random_policy(seed=0):
+    """A policy whose hidden layer and output both matter (the untrained one ignores them)."""
+    theta = init_mlp_policy(jax.random.key(seed), hidden_sizes=(16,), init_step_size=0.05)
+    k1, k2 = jax.random.split(jax.random.key(seed + 1))
+    theta["out"]["kernel"] = 0.3 * jax.random.normal(k1, theta["out"]["kernel"].shape)
+    theta["skip"]["kernel"] = theta["skip"]["kernel"] + 0.2 * jax.random.normal(
+        k2, theta["skip"]["kernel"].shape)
+    return theta
+
+
+THETA = _random_policy()
+A = jax.random.normal(jax.random.key(3), (12, 4))
+Y = jax.random.normal(jax.random.key(4), (12,))
+
+
+def _loss(params, scale_w=1.0, loss_scale=1.0, batch=slice(None)):
+    w = params["w"] / scale_w
+    r = jnp.tanh(A[batch] @ w + params["b"]) - Y[batch]
+    return loss_scale * jnp.mean(r * r)
+
+
+def _params(scale_w=1.0):
+    # b is not zero: a leaf that starts at zero borrows the RMS of all parameters as its scale
+    # (test_parameter_scales), and would then see w's rescaling.
+    return {"w": scale_w * 0.5 * jax.random.normal(jax.random.key(5), (4,)), "b": jnp.full((), 0.1)}
+
+
+def _trajectory(theta, steps=25, **loss_kwargs):
+    return _jitted_trajectory(theta, steps, loss_kwargs.get("scale_w", 1.0),
+                              loss_kwargs.get("loss_scale", 1.0))
+
+
+@jax.jit(static_argnums=1)
+def _jitted_trajectory(theta, steps, scale_w, loss_scale):
+    loss_kwargs = {"scale_w": scale_w, "loss_scale": loss_scale}
+    tx = metaopt.learned_opt(theta)
+    params = _params(scale_w)
+    state = tx.init(params)
+
+    def step(carry, t):
+        params, state = carry
+        batch = jnp.arange(6) + 6 * (t % 2)      # two alternating minibatches
+        loss, grads = jax.value_and_grad(lambda p: _loss(p, batch=batch, **loss_kwargs))(params)
+        updates, state = tx.update(grads, state, params, value=loss)
+        return (optax.apply_updates(params, updates), state), params
+
+    _, visited = jax.lax.scan(step, (params, state), jnp.arange(steps))
+    return visited
+
+
+_UNSCALED = _trajectory(THETA)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.floats(-3.0, 3.0))
+def test_loss_scale_leaves_trajectory_unchanged(log10_c):
+    scaled = _trajectory(THETA, loss_scale=10.0**log10_c)
+    for a, b in zip(jax.tree.leaves(_UNSCALED), jax.tree.leaves(scaled), strict=True):
+        np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-5)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.floats(-3.0, 3.0))
+def test_one_tensor_rescaled_scales_its_steps(log10_c):
+    c = 10.0**log10_c
+    scaled = _trajectory(THETA, scale_w=c)
+    np.testing.assert_allclose(scaled["w"] / c, _UNSCALED["w"], rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(scaled["b"], _UNSCALED["b"], rtol=2e-4, atol=2e-5)
+
+
+def test_the_invariance_tests_can_fail():
+    """The same comparison with the paper's absolute-unit LSTM policy does see the rescaling."""
+    lstm = metaopt.init_policy(jax.random.key(0), init_step_size=0.05)
+    base = _trajectory(lstm)
+    scaled = _trajectory(lstm, loss_scale=1e3)
+    assert not np.allclose(base["w"], scaled["w"], rtol=2e-4, atol=2e-5)
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False, width=32)
+_BOUNDED_PARAMS = {"w": jnp.asarray([0.3, -0.2, 0.1, 0.0], jnp.float32), "b": jnp.zeros((2,))}
+_BOUNDED_UPDATE = jax.jit(lambda g, s, v: metaopt.learned_opt(THETA).update(
+    g, s, _BOUNDED_PARAMS, value=v))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(finite, min_size=6, max_size=6), finite, finite, st.integers(0, 10_000))
+def test_step_is_bounded_for_any_finite_input(grads, value, prev_value, count):
+    tx = metaopt.learned_opt(THETA, learning_rate=1.0)
+    state = tx.init(_BOUNDED_PARAMS)
+    state = state._replace(count=jnp.int32(count), prev_value=jnp.float32(prev_value))
+    g = {"w": jnp.asarray(grads[:4], jnp.float32), "b": jnp.asarray(grads[4:], jnp.float32)}
+    for _ in range(2):
+        updates, state = _BOUNDED_UPDATE(g, state, jnp.float32(value))
+        for leaf, scale in zip(jax.tree.leaves(updates), jax.tree.leaves(state.scale), strict=True):
+            assert np.all(np.isfinite(leaf))
+            assert np.all(np.abs(leaf) <= float(scale) * math.exp(LOG_STEP_MAX) * (1 + 1e-6))
+        assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state))
+
+
+def test_features_are_bounded_and_zero_gradients_give_zero():
+    m, v = sff.init_moments(jnp.zeros(3))
+    for grad in ([0.0, 1e30, -1e-30], [0.0, 3e38, -3e38], [0.0, 1e-30, -1e-30]):
+        obs, m2, v2 = sff.scale_free_features(m, v, 0, jnp.asarray(grad), step=0,
+                                              objective_change=0.0, trend=0.0)
+        assert obs.shape == (3, sff.SCALE_FREE_DIM)
+        assert np.all(np.isfinite(m2)) and np.all(np.isfinite(v2))
+        assert np.all(np.abs(obs) <= sff.FEATURE_LIMIT)
+        np.testing.assert_array_equal(obs[0, :4], 0.0)
+        np.testing.assert_allclose(obs[1, :4], 1.0, rtol=1e-4)
+        np.testing.assert_allclose(obs[2, :4], 0.0 if grad[1] == 1e30 else -1.0, atol=1e-4)  # a first gradient normalises to ±1
+        np.testing.assert_array_equal(obs[:, 8], 1.0)           # a vector leaf
+    obs, _, _ = sff.scale_free_features(m, v, 0, jnp.asarray([0.0, 1e30, -1e-30]), step=0,
+                                        objective_change=0.0, trend=0.0)
+    assert abs(float(obs[2, 0])) < 1e-6       # relative to the leaf, 1e-60 of the others is 0
+
+
+def test_features_match_a_numpy_transcription():
+    rng = np.random.default_rng(0)
+    grads = rng.normal(size=(5, 2, 3)).astype(np.float32) * 1e-3
+    m, v = sff.init_moments(jnp.zeros((2, 3)))
+    ms, vs = np.zeros((2, 3, 3)), np.zeros((2, 3))
+    betas = np.asarray(sff.MOMENTUM_DECAYS)
+    for t, g in enumerate(grads):
+        obs, m, v = sff.scale_free_features(m, v, t, g, step=t, objective_change=0.25, trend=0.1)
+        ms = betas * ms + (1 - betas) * g[..., None]
+        vs = 0.999 * vs + 0.001 * np.abs(g)
+        scale = vs / (1 - 0.999 ** (t + 1))
+        denom = scale + 1e-8 * np.mean(scale)
+        want = np.concatenate([
+            (g / denom)[..., None], (ms / (1 - betas ** (t + 1))) / denom[..., None],
+            np.broadcast_to([0.25, 0.1, np.tanh(t / 10), np.tanh(t / 100), 0.0], (2, 3, 5))], -1)
+        np.testing.assert_allclose(obs, np.clip(want, -10, 10), rtol=2e-5, atol=1e-6)
+
+
+def test_parameter_scales():
+    scales = parameter_scales({"w": jnp.full((2, 2), 3.0), "b": jnp.zeros(4), "c": jnp.zeros(0)})
+    np.testing.assert_allclose(scales["w"], 3.0)
+    np.testing.assert_allclose(scales["b"], math.sqrt(36 / 8))      # the RMS of all parameters
+    zeros = parameter_scales({"w": jnp.zeros(3)})
+    np.testing.assert_allclose(zeros["w"], 1.0)                     # nothing to go by: absolute
+
+
+def test_untrained_policy_is_relative_sign_momentum():
+    theta = init_mlp_policy(jax.random.key(0), init_step_size=0.02)
+    obs = jnp.zeros((4, sff.SCALE_FREE_DIM)).at[:, sff.MOMENTUM_FEATURE].set(
+        jnp.asarray([-1.0, 0.0, 0.5, 2.0]))
+    np.testing.assert_allclose(mlp_policy_steps(theta, obs, 3.0),
+                               -0.02 * 3.0 * np.tanh([-1.0, 0.0, 0.5, 2.0]), rtol=1e-6)
+
+
+def test_learning_rate_scales_steps_and_accepts_schedules_and_inject_hyperparams():
+    params = _params()
+    grads = jax.grad(_loss)(params)
+    def first_update(tx):
+        return tx.update(grads, tx.init(params), params, value=jnp.float32(1.0))[0]
+    base = first_update(metaopt.learned_opt(THETA))
+    half = first_update(metaopt.learned_opt(THETA, learning_rate=0.5))
+    sched = first_update(metaopt.learned_opt(THETA, learning_rate=optax.constant_schedule(0.5)))
+    injected = first_update(optax.inject_hyperparams(metaopt.learned_opt)(THETA, learning_rate=0.5))
+    for other in (half, sched, injected):
+        for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(other), strict=True):
+            np.testing.assert_allclose(b, 0.5 * a, rtol=1e-6)
+    lstm = metaopt.init_policy(jax.random.key(0))
+    a = first_update(metaopt.learned_opt(lstm))
+    b = first_update(optax.inject_hyperparams(metaopt.learned_opt)(lstm, learning_rate=2.0))
+    np.testing.assert_allclose(b["w"], 2.0 * a["w"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "lstm"])
+def test_state_is_optax_shaped(kind):
+    theta = THETA if kind == "mlp" else metaopt.init_policy(jax.random.key(0))
+    params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+    tx = metaopt.learned_opt(theta)
+    state = tx.init(params)
+    assert int(optax.tree_utils.tree_get(state, "count")) == 0
+    state = optax.tree_utils.tree_set(state, count=jnp.int32(7))
+    assert int(state.count) == 7
+    for name in state._fields:
+        field = getattr(state, name)
+        if isinstance(field, dict):
+            assert jax.tree.structure(field, is_leaf=lambda x: x is not field) is not None
+            assert set(field) == {"w", "b"}
+            assert all(isinstance(leaf, jax.Array) for leaf in field.values())
+
+
+@pytest.mark.parametrize("kind", ["mlp", "lstm"])
+def test_flax_nnx_optimizer_runs_several_steps(kind):
+    nnx = pytest.importorskip("flax.nnx")
+    theta = THETA if kind == "mlp" else metaopt.init_policy(jax.random.key(0))
+    model = nnx.Linear(4, 1, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, metaopt.learned_opt(theta), wrt=nnx.Param)
+    x, y = A[:, :4], Y[:, None]
+
+    @nnx.jit
+    def train_step(model, optimizer):
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+        optimizer.update(model, grads, value=loss)
+        return loss
+
+    losses = [float(train_step(model, optimizer)) for _ in range(4)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_save_load_round_trip_and_wrong_layout(tmp_path):
+    theta = init_mlp_policy(jax.random.key(1), hidden_sizes=(8, 4))
+    metaopt.save(tmp_path / "p.metaopt", theta)
+    loaded = metaopt.load(tmp_path / "p.metaopt")
+    assert mlp_policy_sizes(loaded) == (8, 4)
+    for a, b in zip(jax.tree.leaves(theta), jax.tree.leaves(loaded), strict=True):
+        np.testing.assert_array_equal(a, b)
+    bad = {**theta, "out": {"kernel": jnp.zeros((3, 2)), "bias": jnp.zeros(2)}}
+    with pytest.raises(ValueError, match="shapes"):
+        metaopt.learned_opt(bad)
+    with pytest.raises(ValueError, match="NaN|finite"):
+        metaopt.learned_opt({**theta, "skip": {**theta["skip"], "bias": jnp.asarray([0.0, jnp.nan])}})
+
+
+def test_nonfinite_gradient_skips_that_leaf_only():
+    params = _params()
+    tx = metaopt.learned_opt(THETA)
+    state = tx.init(params)
+    grads = jax.grad(_loss)(params)
+    updates, new = tx.update({**grads, "w": grads["w"].at[0].set(jnp.nan)}, state, params,
+                             value=jnp.float32(1.0))
+    np.testing.assert_array_equal(updates["w"], 0.0)
+    np.testing.assert_array_equal(new.momentum["w"], state.momentum["w"])
+    assert int(new.leaf_count["w"]) == 0 and int(new.leaf_count["b"]) == 1
+    assert int(new.nonfinite_count) == 1
+    updates, new = tx.update(grads, state, params, value=jnp.float32(jnp.inf))
+    assert all(np.all(u == 0) for u in jax.tree.leaves(updates)) and int(new.count) == 0
+    with pytest.raises(ValueError, match="value=loss"):
+        tx.update(grads, state, params)
+    assert isinstance(state, ScaleFreeOptState)
+
+
+def test_learned_opt_without_theta_uses_the_shipped_policy():
+    try:
+        shipped = metaopt.pretrained()
+    except FileNotFoundError:
+        pytest.skip("no shipped policy in this checkout")
+    params = _params()
+    grads = jax.grad(_loss)(params)
+    a = metaopt.learned_opt().update(grads, metaopt.learned_opt().init(params), params, value=1.0)[0]
+    b = metaopt.learned_opt(shipped).update(grads, metaopt.learned_opt(shipped).init(params),
+                                            params, value=1.0)[0]
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
