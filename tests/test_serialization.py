@@ -108,3 +108,27 @@ def test_save_rejects_non_policies(tmp_path):
     with pytest.raises(ValueError, match="init_policy"):
         save(tmp_path / "x", {"w": jnp.zeros(3)})
     assert not list(tmp_path.iterdir())
+
+
+def test_pretrained_is_callable_and_a_module():
+    """README's ``metaopt.pretrained.pretrained_l2l()`` and the many ``metaopt.pretrained()``
+    callers both work (the package attribute is the callable module, not the function)."""
+    import metaopt
+    from metaopt.pretrained import pretrained, pretrained_info, pretrained_l2l, pretrained_path
+
+    theta = metaopt.pretrained()
+    assert jax.tree.structure(theta) == jax.tree.structure(THETA)
+    direct = pretrained()
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(theta),
+                                                     jax.tree.leaves(direct), strict=True))
+    assert metaopt.pretrained.pretrained is pretrained
+    assert metaopt.pretrained.pretrained_l2l is pretrained_l2l
+    assert metaopt.pretrained.pretrained_path() == pretrained_path()
+    assert metaopt.pretrained.pretrained_info() == pretrained_info()
+    assert jax.tree.leaves(metaopt.pretrained.pretrained_l2l())
+    with pytest.raises(FileNotFoundError, match="no pretrained policy"):
+        metaopt.pretrained("/nonexistent/absent.metaopt")
+    from metaopt import pretrained as attribute
+
+    assert attribute is metaopt.pretrained and callable(attribute)
+    assert "pretrained" in metaopt.__all__
