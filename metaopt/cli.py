@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import inspect
 import math
 import os
 import sys
@@ -146,7 +145,7 @@ def _train(args: argparse.Namespace) -> int:
     if job.baselines_file is not None:
         # The job reads the tuned baselines after training: a missing or mismatched report must
         # fail now, not after the whole run.
-        train_job._baseline_settings(job, None, job.train.horizon)
+        train_job.check_baselines_file(job)
     if args.mesh or args.distributed:
         from metaopt.training.mesh import initialize_distributed
 
@@ -237,12 +236,9 @@ def _plot(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if entries is not None:
-        extra = {}
-        chosen = _chosen_iteration(run)
-        if chosen is not None and "chosen_iteration" in inspect.signature(plot_training_log).parameters:
-            extra["chosen_iteration"] = chosen
         try:
-            plot_training_log(out / "training_log.png", entries, **extra)
+            plot_training_log(out / "training_log.png", entries,
+                              chosen_iteration=_chosen_iteration(run))
         except (KeyError, TypeError) as err:
             raise ValueError(f"{log_path}: an entry lacks the field {err} (or holds a value of "
                              "another type) that the training-log plot reads") from err

@@ -5,7 +5,8 @@ The paper's Ψ (:mod:`metaopt.features`) is in the units of the task it was trai
 multiplied by c > 0, nor when one tensor's parameters are multiplied by c (its gradients then
 divide by c): every gradient statistic is divided by an EMA of |ĝ| (ours: |ĝ| rather than Adam's
 √EMA(ĝ²), because ĝ² under- or overflows float32 for |ĝ| outside ~[1e-19, 1e19], and a ratio of
-two EMAs of the same units needs neither), and the objective enters only as relative changes. Per coordinate j of a leaf, ``SCALE_FREE_DIM = 9`` numbers::
+two EMAs of the same units needs neither), and the objective enters only as relative changes.
+Per coordinate j of a leaf, ``SCALE_FREE_DIM = 9`` numbers::
 
   0  ĝ_j / (ā_j + ε)                       the current gradient, normalised
   1  m̂_j(0.5)  / (ā_j + ε)                 momenta at three timescales (bias-corrected EMAs of ĝ)

@@ -125,7 +125,8 @@ def test_features_are_bounded_and_zero_gradients_give_zero():
         assert np.all(np.abs(obs) <= sff.FEATURE_LIMIT)
         np.testing.assert_array_equal(obs[0, :4], 0.0)
         np.testing.assert_allclose(obs[1, :4], 1.0, rtol=1e-4)
-        np.testing.assert_allclose(obs[2, :4], 0.0 if grad[1] == 1e30 else -1.0, atol=1e-4)  # a first gradient normalises to ±1
+        expected = 0.0 if grad[1] == 1e30 else -1.0      # 0: relative to the leaf, 1e-60 is 0
+        np.testing.assert_allclose(obs[2, :4], expected, atol=1e-4)
         np.testing.assert_array_equal(obs[:, 8], 1.0)           # a vector leaf
     obs, _, _ = sff.scale_free_features(m, v, 0, jnp.asarray([0.0, 1e30, -1e-30]), step=0,
                                         objective_change=0.0, trend=0.0)
@@ -196,7 +197,6 @@ def test_state_is_optax_shaped(kind):
     for name in state._fields:
         field = getattr(state, name)
         if isinstance(field, dict):
-            assert jax.tree.structure(field, is_leaf=lambda x: x is not field) is not None
             assert set(field) == {"w", "b"}
             assert all(isinstance(leaf, jax.Array) for leaf in field.values())
 

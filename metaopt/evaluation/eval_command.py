@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import os
 import time
 from collections.abc import Callable
@@ -338,9 +337,7 @@ def replot_curves(results_json: str | os.PathLike, png: str | os.PathLike) -> Pa
     seeds = meta.get("eval_seeds") or []
     title = meta.get("title") or (f"{meta.get('job', 'run')}: {meta.get('task', path.parent.name)},"
                                   f" {steps[-1]} steps (mean ± std, {len(seeds) or 'all'} seeds)")
-    # Newer plot_curves name the learned policy of the report (meta["policy"]).
-    extra = {"meta": meta} if "meta" in inspect.signature(plot_curves).parameters else {}
-    plot_curves(png, curves, steps, title, **extra)
+    plot_curves(png, curves, steps, title, meta=meta)
     return Path(png)
 
 

@@ -96,6 +96,13 @@ def _log_fields(entry: dict) -> dict:
     }
 
 
+def check_baselines_file(job: TrainJobConfig) -> None:
+    """Raises (FileNotFoundError / ValueError) now if ``job.baselines_file`` cannot be used, so that
+    a missing or mismatched report fails before training rather than after it."""
+    if job.baselines_file is not None:
+        _baseline_settings(job, None, job.train.horizon)
+
+
 def _baseline_settings(job: TrainJobConfig, task, num_steps: int) -> dict[str, dict]:
     """Tuned hyperparameters per baseline: from ``baselines_file`` or tuned here."""
     if job.baselines_file is not None:
@@ -369,7 +376,7 @@ def run_train_job(name: str, out_dir, *, resume: bool = False, progress: bool = 
     with open(out / "training_log.json", "w") as fh:
         json.dump({"config": name, "train_config": config_dict,
                    "seconds_per_iteration": timings, "entries": log}, fh, indent=1)
-    plot_training_log(out / "training_log.png", log)
+    plot_training_log(out / "training_log.png", log, chosen_iteration=int(chosen.split()[-1]))
     meta = {"job": "train", "config": name, "train_config": config_dict,
             "iterations": len(log), "seconds_per_iteration": timings,
             "policy": {"chosen": chosen, "tuning_seeds": list(job.tuning_seeds),
@@ -387,5 +394,6 @@ def run_train_job(name: str, out_dir, *, resume: bool = False, progress: bool = 
     return result
 
 
-__all__ = ["TRAIN_CONFIGS", "TrainJobConfig", "evaluate_against_baselines", "get_train_config",
+__all__ = ["TRAIN_CONFIGS", "TrainJobConfig", "check_baselines_file", "evaluate_against_baselines",
+           "get_train_config",
            "plot_training_log", "run_train_job", "select_policy"]

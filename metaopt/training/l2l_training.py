@@ -1,12 +1,18 @@
-"""Meta-training :func:`metaopt.optimizers.l2l.l2l_opt` by truncated back-propagation through time.
+"""Meta-training a learned optimizer by truncated back-propagation through time (BPTT).
+
+By default the optimizer is :func:`metaopt.optimizers.l2l.l2l_opt` (the L2L baseline); any factory
+``optimizer(theta) → GradientTransformationExtraArgs`` with ``update(grads, state, params, *,
+value)`` works the same way (e.g. ``metaopt.learned_opt`` with a scale-free MLP policy, to measure
+what its function class reaches when optimised directly).
 
 As Andrychowicz et al. 2016: a batch of optimizees (fresh random x_0 each) is optimised by the
 L2L net for ``horizon`` steps; every ``truncation`` steps the meta-loss
 
   L(θ) = Σ_{k=1..truncation} f̂_k(x_k)     (minibatch objectives along the truncation)
 
-is back-propagated through the unrolled steps into θ, with the optimizee gradients fed to the
-LSTM treated as constants (``stop_gradient``: no second derivatives), and θ takes one Adam step.
+is back-propagated through the unrolled steps into θ, with the optimizee gradients and minibatch
+objectives fed to the optimizer treated as constants (``stop_gradient``: no second derivatives),
+and θ takes one Adam step.
 The optimizee state (x, LSTM memory, last gradient) carries over to the next truncation.
 
 Pure pieces (jit-compiled, ``lax.scan`` over time, ``vmap`` over the optimizee batch):
@@ -38,7 +44,7 @@ from tqdm.auto import tqdm
 from metaopt.evaluation.tuning import seed_keys
 from metaopt.evaluation.unroll import unroll
 from metaopt.optimizers.guards import all_finite
-from metaopt.optimizers.l2l import L2LTheta, init_l2l, l2l_opt
+from metaopt.optimizers.l2l import init_l2l, l2l_opt
 
 __all__ = [
     "L2LTrainConfig",
@@ -84,6 +90,7 @@ class OptimizeeState(NamedTuple):
       params: the iterate x_t.
       opt_state: the L2L optimizer's state (LSTM memory per coordinate).
       grad: ∇f̂_t(x_t), already computed (the loss at x_t belongs to the previous truncation).
+      value: f̂_t(x_t), passed to the optimizer as ``value``.
       step: int32 t.
       data_key: seeds the minibatch of every step (``fold_in(data_key, t)``).
     """
@@ -91,6 +98,7 @@ class OptimizeeState(NamedTuple):
     params: Any
     opt_state: Any
     grad: Any
+    value: jax.Array
     step: jax.Array
     data_key: jax.Array
 
@@ -99,44 +107,47 @@ def _minibatch_key(data_key, step):
     return jax.random.fold_in(data_key, step)
 
 
-def init_optimizees(theta: L2LTheta, task: Any, keys: jax.Array) -> OptimizeeState:
-    """Fresh optimizees, one per key (``keys``: ``(batch,)``): random x_0, zero LSTM memory."""
+def init_optimizees(theta: Any, task: Any, keys: jax.Array, optimizer: Callable = l2l_opt
+                    ) -> OptimizeeState:
+    """Fresh optimizees, one per key (``keys``: ``(batch,)``): random x_0, fresh optimizer state."""
 
     def one(key):
         init_key, data_key = jax.random.split(key)
         params = task.init_params(init_key)
-        grad = jax.grad(task.minibatch_loss)(params, _minibatch_key(data_key, 0))
-        opt_state = l2l_opt(theta).init(params)
-        return OptimizeeState(params, opt_state, grad, jnp.zeros((), jnp.int32), data_key)
+        value, grad = jax.value_and_grad(task.minibatch_loss)(params, _minibatch_key(data_key, 0))
+        opt_state = optimizer(theta).init(params)
+        return OptimizeeState(params, opt_state, grad, value, jnp.zeros((), jnp.int32), data_key)
 
     return jax.vmap(one)(keys)
 
 
 def truncation_loss(
-    theta: L2LTheta, task: Any, state: OptimizeeState, truncation: int
+    theta: Any, task: Any, state: OptimizeeState, truncation: int, optimizer: Callable = l2l_opt
 ) -> tuple[jax.Array, OptimizeeState]:
     """Σ_{k=1..truncation} f̂(x_{t+k}) for one optimizee, differentiable in ``theta``.
 
     Returns ``(meta_loss, state after the truncation)``; the gradients fed to the optimizer are
     ``stop_gradient``-ed, so d(meta_loss)/dθ has no second derivatives of f̂.
     """
-    tx = l2l_opt(theta)
+    tx = optimizer(theta)
 
     def step(carry, _):
-        params, opt_state, grad, t = carry
-        updates, opt_state = tx.update(grad, opt_state)
+        params, opt_state, grad, value, t = carry
+        updates, opt_state = tx.update(grad, opt_state, params, value=value)
         params = optax.apply_updates(params, updates)
         value, grad = jax.value_and_grad(task.minibatch_loss)(
             params, _minibatch_key(state.data_key, t + 1)
         )
-        return (params, opt_state, jax.lax.stop_gradient(grad), t + 1), value
+        stop = jax.lax.stop_gradient
+        return (params, opt_state, stop(grad), stop(value), t + 1), value
 
-    carry = (state.params, state.opt_state, state.grad, state.step)
-    (params, opt_state, grad, t), values = jax.lax.scan(step, carry, length=truncation)
-    return jnp.sum(values), OptimizeeState(params, opt_state, grad, t, state.data_key)
+    carry = (state.params, state.opt_state, state.grad, state.value, state.step)
+    (params, opt_state, grad, value, t), values = jax.lax.scan(step, carry, length=truncation)
+    return jnp.sum(values), OptimizeeState(params, opt_state, grad, value, t, state.data_key)
 
 
-def make_meta_step(meta_tx: optax.GradientTransformation, truncation: int):
+def make_meta_step(meta_tx: optax.GradientTransformation, truncation: int,
+                   optimizer: Callable = l2l_opt):
     """A jitted meta-update ``(theta, meta_state, task, states) → (theta, meta_state, states, info)``.
 
     ``states`` is a batched :class:`OptimizeeState`; the meta-loss is the batch mean of
@@ -146,7 +157,7 @@ def make_meta_step(meta_tx: optax.GradientTransformation, truncation: int):
 
     def batch_loss(theta, task, states):
         losses, new_states = jax.vmap(
-            lambda s: truncation_loss(theta, task, s, truncation)
+            lambda s: truncation_loss(theta, task, s, truncation, optimizer)
         )(states)
         return jnp.mean(losses), (losses, new_states)
 
@@ -168,7 +179,7 @@ def make_meta_step(meta_tx: optax.GradientTransformation, truncation: int):
 
 
 @functools.lru_cache(maxsize=8)
-def make_evaluator(num_steps: int, eval_every: int = 10):
+def make_evaluator(num_steps: int, eval_every: int = 10, optimizer: Callable = l2l_opt):
     """A jitted ``(theta, task, keys) → (num_keys, num_steps // eval_every + 1)`` true-loss curves.
 
     Same protocol as :func:`metaopt.evaluation.tuning.run_grid` (``unroll`` per key), with θ an
@@ -177,7 +188,7 @@ def make_evaluator(num_steps: int, eval_every: int = 10):
 
     @jax.jit
     def evaluate(theta, task, keys):
-        tx = l2l_opt(theta)
+        tx = optimizer(theta)
         return jax.vmap(
             lambda k: unroll(tx, task, k, num_steps=num_steps, eval_every=eval_every).true_loss
         )(keys)
@@ -195,9 +206,12 @@ def train_l2l(
     config: L2LTrainConfig,
     *,
     select_task: Any | None = None,
-    theta: L2LTheta | None = None,
+    theta: Any | None = None,
     progress: bool = True,
-    on_new_best: Callable[[L2LTheta, dict[str, Any]], None] | None = None,
+    optimizer: Callable = l2l_opt,
+    init_theta: Callable[[jax.Array], Any] = init_l2l,
+    description: str = "L2L meta-training",
+    on_new_best: Callable[[Any, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Meta-trains L2L on ``task``; keeps the θ with the best mean final true objective on
     ``select_task`` (default ``task``) over ``config.select_seeds``.
@@ -205,8 +219,10 @@ def train_l2l(
     Returns a dict: ``theta`` (last), ``best_theta``, ``best_score``, ``best_trajectory``,
     ``log`` (per trajectory: mean meta-loss per truncation and optimizee, the last truncation's,
     skipped meta-updates, wall time), ``selection`` (per evaluation: trajectory, score),
-    ``seconds_per_truncation`` (steady state) and ``wall_time_s``. ``on_new_best(theta, entry)``
-    is called whenever a selection run improves on the best (e.g. to save it as training goes).
+    ``seconds_per_truncation`` (steady state) and ``wall_time_s``. ``optimizer`` and
+    ``init_theta`` (a fresh θ from a key, used when ``theta`` is None) default to L2L's.
+    ``on_new_best(theta, entry)`` is called whenever a selection run improves on the best (e.g. to
+    save it as training goes).
     """
     if config.horizon % config.truncation:
         raise ValueError(f"horizon {config.horizon} must be a multiple of truncation "
@@ -214,14 +230,14 @@ def train_l2l(
     start = time.perf_counter()
     key = jax.random.key(10_000 + config.seed)
     init_key, data_root = jax.random.split(key)
-    theta = init_l2l(init_key) if theta is None else theta
+    theta = init_theta(init_key) if theta is None else theta
     meta_tx = optax.adam(config.learning_rate)
     meta_state = meta_tx.init(theta)
-    meta_step = make_meta_step(meta_tx, config.truncation)
+    meta_step = make_meta_step(meta_tx, config.truncation, optimizer)
     select_task = task if select_task is None else select_task
-    evaluate = make_evaluator(config.horizon)
+    evaluate = make_evaluator(config.horizon, 10, optimizer)
     select_keys = seed_keys(config.select_seeds)
-    init = jax.jit(init_optimizees)
+    init = jax.jit(init_optimizees, static_argnums=3)
     truncations = config.horizon // config.truncation
 
     def select(trajectory):
@@ -233,11 +249,11 @@ def train_l2l(
     if config.select_every:
         selection.append(best)
     best_theta = theta
-    bar = tqdm(range(config.trajectories), desc="L2L meta-training", unit="traj",
+    bar = tqdm(range(config.trajectories), desc=description, unit="traj",
                disable=not progress)
     for trajectory in bar:
         keys = jax.random.split(jax.random.fold_in(data_root, trajectory), config.batch_size)
-        states = init(theta, task, keys)
+        states = init(theta, task, keys, optimizer)
         losses, skipped = [], 0
         for _ in range(truncations):
             t0 = time.perf_counter()
@@ -282,7 +298,8 @@ def train_l2l(
     }
 
 
-def evaluate_seeds(theta: L2LTheta, task: Any, seeds: Sequence[int], num_steps: int,
-                   eval_every: int = 10) -> np.ndarray:
-    """True-objective curves ``(len(seeds), num_steps // eval_every + 1)`` of L2L on ``task``."""
-    return np.asarray(make_evaluator(num_steps, eval_every)(theta, task, seed_keys(seeds)))
+def evaluate_seeds(theta: Any, task: Any, seeds: Sequence[int], num_steps: int,
+                   eval_every: int = 10, optimizer: Callable = l2l_opt) -> np.ndarray:
+    """True-objective curves ``(len(seeds), num_steps // eval_every + 1)`` on ``task``."""
+    return np.asarray(make_evaluator(num_steps, eval_every, optimizer)(theta, task,
+                                                                       seed_keys(seeds)))
