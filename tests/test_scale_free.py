@@ -263,3 +263,22 @@ def test_learned_opt_without_theta_uses_the_shipped_policy():
                                             params, value=1.0)[0]
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_least_squares_at_any_parameter_scale_is_the_same_run():
+    """The same problem in other units: x/s follows one path for s = 1e-3, 1, 1e3 (here), while
+    Adam's absolute steps do not."""
+    from metaopt.evaluation.unroll import unroll
+    from metaopt.tasks import least_squares_task
+
+    def curve(tx, scale):
+        task = least_squares_task(jax.random.key(0), scale=scale, rows=30, dim=5)
+        return np.asarray(unroll(tx, task, jax.random.key(1), num_steps=30, eval_every=5).true_loss)
+
+    base = curve(metaopt.learned_opt(THETA), 1.0)
+    assert base[-1] < base[0]
+    for scale in (1e-3, 1e3):
+        np.testing.assert_allclose(curve(metaopt.learned_opt(THETA), scale), base, rtol=1e-3)
+    assert not np.allclose(curve(optax.adam(0.05), 1e3), curve(optax.adam(0.05), 1.0), rtol=1e-2)
+    with pytest.raises(ValueError, match="scale"):
+        least_squares_task(jax.random.key(0), scale=0.0)

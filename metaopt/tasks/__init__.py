@@ -1,5 +1,6 @@
 """Base-learner objectives: MLP classifiers on (projected) datasets and the 2016 objective families."""
 
+from metaopt.tasks.least_squares import LeastSquaresTask, least_squares_task
 from metaopt.tasks.mlp import ACTIVATIONS, MLPTask, make_mlp_task, synthetic_classification
 
 
@@ -30,4 +31,5 @@ def dataset_task(
     )
 
 
-__all__ = ["ACTIVATIONS", "MLPTask", "dataset_task", "make_mlp_task", "synthetic_classification"]
+__all__ = ["ACTIVATIONS", "LeastSquaresTask", "MLPTask", "dataset_task", "least_squares_task",
+           "make_mlp_task", "synthetic_classification"]
