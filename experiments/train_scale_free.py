@@ -4,9 +4,10 @@
   .venv/bin/python experiments/train_scale_free.py --tiny --out /tmp/sf  # ~1 min, synthetic data
 
 This measures the ceiling of the policy's function class on its training task by optimising it
-directly (gradient of Σ_t f̂ through 20-step truncations of the 400-step unroll, second
-derivatives dropped; ``metaopt.training.l2l_training`` with ``optimizer=learned_opt``), before
-GPS is asked to find it. First the untrained policy's relative step is tuned on the tuning seeds
+directly (by default the exact gradient of Σ_t f̂ through the whole 400-step unroll, second
+derivatives included; ``--truncation 20 --first-order`` is L2L's protocol;
+``metaopt.training.l2l_training`` with ``optimizer=learned_opt``), before GPS is asked to find it.
+First the untrained policy's relative step is tuned on the tuning seeds
 0-4; meta-training starts from the best; the θ with the lowest mean final f on seeds 0-4 is kept.
 Then ``metaopt eval --policy <out>/policy.metaopt`` compares it with the tuned baselines on the
 held-out seeds 100-104.
@@ -40,6 +41,10 @@ def main():
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--hidden", default="32", help="hidden sizes, comma-separated")
     parser.add_argument("--out", default="results/scale-free-bptt")
+    parser.add_argument("--truncation", type=int, default=400,
+                        help="BPTT length (400: the whole horizon, one meta-update per run)")
+    parser.add_argument("--first-order", action="store_true",
+                        help="drop the second derivatives (as L2L); default: exact meta-gradient")
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
@@ -51,7 +56,7 @@ def main():
         horizon, truncation, select_every = 40, 10, 2
     else:
         task = make_dataset_task(TrainConfig.paper(), eval_subset=5000)
-        horizon, truncation, select_every = 400, 20, 10
+        horizon, truncation, select_every = 400, args.truncation, 10
     hidden = tuple(int(h) for h in args.hidden.split(","))
 
     evaluate = make_evaluator(horizon, 10, learned_opt)
@@ -66,7 +71,7 @@ def main():
 
     config = L2LTrainConfig(horizon=horizon, truncation=truncation, batch_size=args.batch_size,
                             trajectories=10_000, learning_rate=args.learning_rate,
-                            select_every=select_every,
+                            select_every=select_every, second_order=not args.first_order,
                             max_seconds=(1.0 if args.tiny else args.budget_minutes) * 60)
 
     def save_best(theta, entry):

@@ -70,6 +70,8 @@ class L2LTrainConfig:
     select_seeds: seeds of the selection runs (``jax.random.key(seed)`` as in tuning).
     max_seconds: stop after this much wall time (the best θ so far is kept).
     seed: seeds θ's initialisation and the training optimizees (keys disjoint from the seeds).
+    second_order: keep the optimizee gradients and objectives fed to the optimizer in the
+      back-propagation (exact meta-gradient, Hessian-vector products; the L2L paper drops them).
     """
 
     horizon: int = 400
@@ -81,6 +83,7 @@ class L2LTrainConfig:
     select_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     max_seconds: float = math.inf
     seed: int = 0
+    second_order: bool = False
 
 
 class OptimizeeState(NamedTuple):
@@ -122,12 +125,14 @@ def init_optimizees(theta: Any, task: Any, keys: jax.Array, optimizer: Callable 
 
 
 def truncation_loss(
-    theta: Any, task: Any, state: OptimizeeState, truncation: int, optimizer: Callable = l2l_opt
+    theta: Any, task: Any, state: OptimizeeState, truncation: int, optimizer: Callable = l2l_opt,
+    second_order: bool = False,
 ) -> tuple[jax.Array, OptimizeeState]:
     """Σ_{k=1..truncation} f̂(x_{t+k}) for one optimizee, differentiable in ``theta``.
 
     Returns ``(meta_loss, state after the truncation)``; the gradients fed to the optimizer are
-    ``stop_gradient``-ed, so d(meta_loss)/dθ has no second derivatives of f̂.
+    ``stop_gradient``-ed, so d(meta_loss)/dθ has no second derivatives of f̂, unless
+    ``second_order`` (then the meta-gradient is exact).
     """
     tx = optimizer(theta)
 
@@ -138,7 +143,7 @@ def truncation_loss(
         value, grad = jax.value_and_grad(task.minibatch_loss)(
             params, _minibatch_key(state.data_key, t + 1)
         )
-        stop = jax.lax.stop_gradient
+        stop = (lambda a: a) if second_order else jax.lax.stop_gradient
         return (params, opt_state, stop(grad), stop(value), t + 1), value
 
     carry = (state.params, state.opt_state, state.grad, state.value, state.step)
@@ -147,7 +152,7 @@ def truncation_loss(
 
 
 def make_meta_step(meta_tx: optax.GradientTransformation, truncation: int,
-                   optimizer: Callable = l2l_opt):
+                   optimizer: Callable = l2l_opt, second_order: bool = False):
     """A jitted meta-update ``(theta, meta_state, task, states) → (theta, meta_state, states, info)``.
 
     ``states`` is a batched :class:`OptimizeeState`; the meta-loss is the batch mean of
@@ -157,7 +162,7 @@ def make_meta_step(meta_tx: optax.GradientTransformation, truncation: int,
 
     def batch_loss(theta, task, states):
         losses, new_states = jax.vmap(
-            lambda s: truncation_loss(theta, task, s, truncation, optimizer)
+            lambda s: truncation_loss(theta, task, s, truncation, optimizer, second_order)
         )(states)
         return jnp.mean(losses), (losses, new_states)
 
@@ -233,7 +238,7 @@ def train_l2l(
     theta = init_theta(init_key) if theta is None else theta
     meta_tx = optax.adam(config.learning_rate)
     meta_state = meta_tx.init(theta)
-    meta_step = make_meta_step(meta_tx, config.truncation, optimizer)
+    meta_step = make_meta_step(meta_tx, config.truncation, optimizer, config.second_order)
     select_task = task if select_task is None else select_task
     evaluate = make_evaluator(config.horizon, 10, optimizer)
     select_keys = seed_keys(config.select_seeds)
