@@ -30,9 +30,13 @@ from metaopt.serialization import load
 POLICY_FILE = "policy.metaopt"
 INFO_FILE = "policy.json"
 L2L_FILE = "l2l.metaopt"   # the L2L baseline (Andrychowicz et al. 2016): experiments/train_l2l.py
+# The default of metaopt.learned_opt(): the scale-free MLP policy (experiments/train_scale_free.py).
+SCALE_FREE_FILE = "scale_free.metaopt"
+SCALE_FREE_INFO_FILE = "scale_free.json"
 
-__all__ = ["L2L_FILE", "POLICY_FILE", "pretrained", "pretrained_info", "pretrained_l2l",
-           "pretrained_l2l_path", "pretrained_path"]
+__all__ = ["L2L_FILE", "POLICY_FILE", "SCALE_FREE_FILE", "pretrained", "pretrained_info",
+           "pretrained_l2l", "pretrained_l2l_path", "pretrained_path", "scale_free",
+           "scale_free_info", "scale_free_path"]
 
 
 def pretrained_path() -> str:
@@ -54,6 +58,37 @@ def pretrained(path: str | os.PathLike | None = None) -> Theta:
             f"--config paper --out results/train`) and copy results/train/{POLICY_FILE} there, "
             "or load your own file with metaopt.load(path).")
     return load(path)
+
+
+def scale_free_path() -> str:
+    """Where the shipped scale-free MLP policy (``learned_opt()``'s default) lives."""
+    return os.fspath(resources.files("metaopt") / "assets" / SCALE_FREE_FILE)
+
+
+def scale_free(path: str | os.PathLike | None = None) -> Theta:
+    """Loads the shipped scale-free MLP policy, the default of ``metaopt.learned_opt()`` (or the
+    file at ``path``). It was meta-trained by back-propagation through the unrolled training task
+    (``experiments/train_scale_free.py``), not by GPS: ``scale_free_info()`` says how.
+
+    Raises:
+      FileNotFoundError: the file is absent, with how to make one.
+      metaopt.PolicyFileError: the file is not a readable policy of this format version.
+    """
+    path = scale_free_path() if path is None else os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"no scale-free policy at {path}. Meta-train one with `python "
+            "experiments/train_scale_free.py` and copy results/scale-free-bptt/policy.metaopt "
+            "there, or load your own file with metaopt.load(path).")
+    return load(path)
+
+
+def scale_free_info() -> dict[str, Any]:
+    """How the shipped scale-free policy was made, from ``scale_free.json``."""
+    path = resources.files("metaopt") / "assets" / SCALE_FREE_INFO_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {SCALE_FREE_INFO_FILE} next to the shipped policy ({path}).")
+    return json.loads(path.read_text())
 
 
 def pretrained_l2l_path() -> str:

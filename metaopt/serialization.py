@@ -141,6 +141,9 @@ def _write(path, theta, architecture: dict, feature_set: dict, metadata: dict | 
             f.close()
             os.unlink(tmp)
             raise
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)   # NamedTemporaryFile makes 0600; a saved policy is an ordinary file
     os.replace(tmp, path)
 
 
