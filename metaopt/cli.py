@@ -365,8 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the whole training split, as in `metaopt train`.",
                        epilog=_EVAL_EPILOG, formatter_class=_FORMATTER)
     p.add_argument("--policy", default="pretrained",
-                   help="a policy file written by metaopt.save (e.g. results/train/policy.metaopt)"
-                        " or `pretrained` for the one shipped in the package (default)")
+                   help="a policy file written by metaopt.save (e.g. results/train/policy.metaopt),"
+                        " `pretrained` for the paper's GPS-trained LSTM shipped in the package "
+                        "(default) or `scale-free` for learned_opt()'s shipped default")
     p.add_argument("--dataset", type=_dataset, default="mnist",
                    help="mnist, fashion_mnist, digits (offline), cifar10, cifar100 (if TFDS has "
                         "them prepared); default: %(default)s")

@@ -39,7 +39,8 @@ import numpy as np
 from metaopt.optimizers.baselines import BASELINES
 
 LEARNED = "learned_gps"          # the same name as the train job's report
-PRETRAINED = "pretrained"
+PRETRAINED = "pretrained"          # the paper's GPS-trained LSTM (metaopt.pretrained())
+SCALE_FREE = "scale-free"          # learned_opt()'s default (metaopt.pretrained.scale_free())
 DEFAULT_BASELINES_FILE = "results/baselines/results.json"
 # What a baselines report's config must share with the eval task for its hyperparameters to count
 # as tuned on this task (the keys the train job checks, plus the horizon).
@@ -130,18 +131,22 @@ def check_spec(spec: EvalSpec) -> None:
 
 
 def load_policy(source: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
-    """θ from a policy file, or the shipped one for ``"pretrained"``; and where it came from.
+    """θ from a policy file, or a shipped one (``"pretrained"``: the GPS-trained LSTM,
+    ``"scale-free"``: ``learned_opt()``'s default); and where it came from.
 
     Raises:
       FileNotFoundError: no such file (with what to pass instead).
       metaopt.PolicyFileError: not a readable policy file.
     """
-    from metaopt.pretrained import pretrained, pretrained_path
+    from metaopt.pretrained import pretrained, pretrained_path, scale_free, scale_free_path
     from metaopt.serialization import PolicyFileError, load
 
     if os.fspath(source) == PRETRAINED:
         path = pretrained_path()
         theta = pretrained()
+    elif os.fspath(source) == SCALE_FREE:
+        path = scale_free_path()
+        theta = scale_free()
     else:
         path = os.fspath(source)
         if os.path.isdir(path):
@@ -256,7 +261,12 @@ def run_eval(theta, spec: EvalSpec, out_dir: str | os.PathLike, *, plan: dict[st
     grid = dict(num_steps=spec.num_steps, eval_every=spec.eval_every)
     say(f"{LEARNED}: {len(spec.seeds)} seed(s) × {spec.num_steps} steps")
     curves = {LEARNED: run_grid(lambda: learned_opt(theta), [{}], task, spec.seeds, **grid)[0]}
-    details = {LEARNED: {"description": "GPS-trained LSTM, deterministic mean (learned_opt)",
+    from metaopt.mlp_policy import is_mlp_policy
+
+    kind = ("scale-free MLP policy" if is_mlp_policy(theta)
+            else "per-coordinate LSTM policy (the paper's features)")
+    details = {LEARNED: {"description": f"{kind}, deterministic mean (learned_opt); the column "
+                                        "keeps the train job's name",
                          "hyperparams": {}, **({"policy": policy_info} if policy_info else {})}}
     settings = dict(plan["settings"])
     for name in plan["names"]:

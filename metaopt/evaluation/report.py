@@ -139,8 +139,9 @@ def learned_policy_label(meta: Mapping[str, Any] | None) -> str | None:
         return f"shipped policy: {policy['chosen']}" + (f" of {iterations}" if iterations else "")
     source = policy.get("source")
     if source:
-        return ("metaopt.pretrained()" if source == "pretrained"
-                else f"policy {Path(os.fspath(source)).name}")
+        shipped = {"pretrained": "metaopt.pretrained()",
+                   "scale-free": "metaopt.pretrained.scale_free()"}
+        return shipped.get(source) or f"policy {Path(os.fspath(source)).name}"
     return None
 
 
