@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train train-tpu train-quick train-l2l test test-slow experiments bench lint clean
+.PHONY: install train train-tpu train-quick train-l2l train-scale-free test test-slow experiments bench lint clean
 
 install: $(STAMP)
 
@@ -48,6 +48,12 @@ experiments: install
 	for f in $(FIGURES); do $(PY) experiments/$$f.py || exit 1; done
 	for f in logistic robust net; do $(PY) experiments/l2o2016_$$f.py --gps-seeds 0,1,2 || exit 1; done
 
+# The scale-free MLP policy (learned_opt()'s default) by exact BPTT on the paper's task (~25 min),
+# then its suite over the training task, Figs 1-5 reports and least squares (~5 min).
+train-scale-free: install
+	$(PY) experiments/train_scale_free.py --budget-minutes 25
+	$(PY) experiments/scale_free_suite.py --policy results/scale-free-bptt/policy.metaopt
+
 # Re-meta-train the L2L baseline (Andrychowicz et al. 2016) into metaopt/assets/l2l.metaopt (~35 min).
 train-l2l: install
 	$(PY) experiments/train_l2l.py --budget-minutes 30
@@ -56,6 +62,7 @@ bench: install
 	$(PY) benchmarks/rollout.py
 	$(PY) benchmarks/step_overhead.py
 	$(PY) benchmarks/cstep.py
+	$(PY) benchmarks/policy_cost.py
 
 lint: install
 	$(VENV)/bin/ruff check metaopt tests benchmarks experiments
