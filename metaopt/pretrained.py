@@ -39,9 +39,28 @@ __all__ = ["L2L_FILE", "POLICY_FILE", "SCALE_FREE_FILE", "pretrained", "pretrain
            "scale_free_info", "scale_free_path"]
 
 
+def _asset(name: str) -> str:
+    return os.fspath(resources.files("metaopt") / "assets" / name)
+
+
+def _load_file(path, default: str, loader, missing: str):
+    """``loader(path or default)``; FileNotFoundError ``"no {missing} at …"`` naming the file."""
+    path = default if path is None else os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no {missing.format(path=path)}")
+    return loader(path)
+
+
+def _info(name: str) -> dict[str, Any]:
+    path = resources.files("metaopt") / "assets" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"no {name} next to the shipped policy ({path}).")
+    return json.loads(path.read_text())
+
+
 def pretrained_path() -> str:
     """Where the shipped policy file lives (it may be absent in a source checkout)."""
-    return os.fspath(resources.files("metaopt") / "assets" / POLICY_FILE)
+    return _asset(POLICY_FILE)
 
 
 def pretrained(path: str | os.PathLike | None = None) -> Theta:
@@ -51,18 +70,15 @@ def pretrained(path: str | os.PathLike | None = None) -> Theta:
       FileNotFoundError: the file is absent, with how to make one.
       metaopt.PolicyFileError: the file is not a readable policy of this format version.
     """
-    path = pretrained_path() if path is None else os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"no pretrained policy at {path}. Meta-train one with `make train` (or `metaopt train "
-            f"--config paper --out results/train`) and copy results/train/{POLICY_FILE} there, "
-            "or load your own file with metaopt.load(path).")
-    return load(path)
+    return _load_file(path, pretrained_path(), load, (
+        "pretrained policy at {path}. Meta-train one with `make train` (or `metaopt train "
+        f"--config paper --out results/train`) and copy results/train/{POLICY_FILE} there, "
+        "or load your own file with metaopt.load(path)."))
 
 
 def scale_free_path() -> str:
     """Where the shipped scale-free MLP policy (``learned_opt()``'s default) lives."""
-    return os.fspath(resources.files("metaopt") / "assets" / SCALE_FREE_FILE)
+    return _asset(SCALE_FREE_FILE)
 
 
 def scale_free(path: str | os.PathLike | None = None) -> Theta:
@@ -74,26 +90,20 @@ def scale_free(path: str | os.PathLike | None = None) -> Theta:
       FileNotFoundError: the file is absent, with how to make one.
       metaopt.PolicyFileError: the file is not a readable policy of this format version.
     """
-    path = scale_free_path() if path is None else os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"no scale-free policy at {path}. Meta-train one with `python "
-            "experiments/train_scale_free.py` and copy results/scale-free-bptt/policy.metaopt "
-            "there, or load your own file with metaopt.load(path).")
-    return load(path)
+    return _load_file(path, scale_free_path(), load, (
+        "scale-free policy at {path}. Meta-train one with `make train-scale-free` and copy "
+        "results/scale-free-bptt/policy.metaopt there, or load your own file with "
+        "metaopt.load(path)."))
 
 
 def scale_free_info() -> dict[str, Any]:
     """How the shipped scale-free policy was made, from ``scale_free.json``."""
-    path = resources.files("metaopt") / "assets" / SCALE_FREE_INFO_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no {SCALE_FREE_INFO_FILE} next to the shipped policy ({path}).")
-    return json.loads(path.read_text())
+    return _info(SCALE_FREE_INFO_FILE)
 
 
 def pretrained_l2l_path() -> str:
     """Where the shipped L2L baseline weights live."""
-    return os.fspath(resources.files("metaopt") / "assets" / L2L_FILE)
+    return _asset(L2L_FILE)
 
 
 def pretrained_l2l(path: str | os.PathLike | None = None):
@@ -105,20 +115,14 @@ def pretrained_l2l(path: str | os.PathLike | None = None):
     """
     from metaopt.serialization import load_l2l
 
-    path = pretrained_l2l_path() if path is None else os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"no L2L weights at {path}. Meta-train them with `python experiments/train_l2l.py` "
-            "(writes metaopt/assets/l2l.metaopt).")
-    return load_l2l(path)
+    return _load_file(path, pretrained_l2l_path(), load_l2l, (
+        "L2L weights at {path}. Meta-train them with `python experiments/train_l2l.py` "
+        "(writes metaopt/assets/l2l.metaopt)."))
 
 
 def pretrained_info() -> dict[str, Any]:
     """How the shipped policy was made (command, configuration, results), from ``policy.json``."""
-    path = resources.files("metaopt") / "assets" / INFO_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no {INFO_FILE} next to the shipped policy ({path}).")
-    return json.loads(path.read_text())
+    return _info(INFO_FILE)
 
 
 class _CallableModule(types.ModuleType):

@@ -281,3 +281,44 @@ def test_least_squares_at_any_parameter_scale_is_the_same_run():
     assert not np.allclose(curve(optax.adam(0.05), 1e3), curve(optax.adam(0.05), 1.0), rtol=1e-2)
     with pytest.raises(ValueError, match="scale"):
         least_squares_task(jax.random.key(0), scale=0.0)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "lstm"])
+def test_state_round_trips_through_orbax(kind, tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    theta = THETA if kind == "mlp" else metaopt.init_policy(jax.random.key(0))
+    tx = metaopt.learned_opt(theta)
+    params = _params()
+    state = tx.update(jax.grad(_loss)(params), tx.init(params), params, value=jnp.float32(1.0))[1]
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(tmp_path / "state", state)
+    with ocp.StandardCheckpointer() as checkpointer:
+        restored = checkpointer.restore(tmp_path / "state", tx.init(params))
+    assert type(restored) is type(state)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_linen_train_state_with_value():
+    """flax's TrainState holds the state; its apply_gradients does not pass ``value``, so the
+    update goes through tx.update (as README's example does)."""
+    from flax.training import train_state
+
+    params = _params()
+    state = train_state.TrainState.create(apply_fn=None, params=params,
+                                          tx=metaopt.learned_opt(THETA))
+    for _ in range(3):
+        loss, grads = jax.value_and_grad(_loss)(state.params)
+        updates, opt_state = state.tx.update(grads, state.opt_state, state.params, value=loss)
+        state = state.replace(params=optax.apply_updates(state.params, updates),
+                              opt_state=opt_state, step=state.step + 1)
+    assert int(state.opt_state.count) == 3
+    with pytest.raises(ValueError, match="value=loss"):
+        state.apply_gradients(grads=grads)
+
+
+def test_reports_record_the_commit_outside_the_checkout(tmp_path, monkeypatch):
+    from metaopt.evaluation.report import git_commit
+
+    monkeypatch.chdir(tmp_path)
+    assert git_commit() != "unknown"

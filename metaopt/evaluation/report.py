@@ -54,14 +54,19 @@ def machine_description() -> str:
 
 
 def git_commit() -> str:
+    """The commit of the metaopt source that runs (looked up next to the package, not in the
+    working directory, so a run started elsewhere still records it), or the installed version."""
+    import metaopt
+
+    where = os.path.dirname(os.path.abspath(metaopt.__file__))
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=True)
+                             text=True, timeout=5, check=True, cwd=where)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+                               capture_output=True, text=True, timeout=5, cwd=where).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return f"metaopt {metaopt.__version__} (not a git checkout)"
 
 
 LEARNED_PREFIX = "learned"   # curves whose name starts so (learned_gps, learned_l2l) are drawn on top
