@@ -25,12 +25,14 @@ import numpy as np
 from metaopt.evaluation.tuning import seed_keys
 from metaopt.learned_optimizer import learned_opt
 from metaopt.mlp_policy import init_mlp_policy
+from metaopt.policy import init_policy
 from metaopt.serialization import save
 from metaopt.tasks import make_mlp_task, synthetic_classification
 from metaopt.training.config import TrainConfig, make_dataset_task
 from metaopt.training.l2l_training import L2LTrainConfig, make_evaluator, train_l2l
 
-INIT_STEP_SIZES = (0.01, 0.02, 0.05, 0.1, 0.2)
+INIT_STEP_SIZES = (0.01, 0.02, 0.05, 0.1, 0.2)      # relative to the parameter scale
+LSTM_INIT_STEP_SIZES = (0.1, 0.3, 1.0)              # the paper LSTM's untrained step: −s·ψ2 ≈ −s·ĝ
 
 
 def plot_log(summary: dict, path: Path) -> None:
@@ -50,7 +52,8 @@ def plot_log(summary: dict, path: Path) -> None:
             [e["score"] for e in summary["selection"]], "o-", ms=2,
             label="final f, tuning seeds 0-4 (selection)")
     ax.set(xlabel="meta-update (one 400-step run each)", ylabel="objective",
-           title="scale-free MLP policy meta-trained by BPTT on 48-48-10 MNIST-48")
+           title=f"{summary.get('policy', 'scale-free')} policy meta-trained by BPTT on "
+                 "48-48-10 MNIST-48")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -65,6 +68,9 @@ def main():
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--hidden", default="32", help="hidden sizes, comma-separated")
+    parser.add_argument("--policy", choices=("scale-free", "paper-lstm"), default="scale-free",
+                        help="paper-lstm: the paper's 128-cell LSTM on Ψ (its class's ceiling, for "
+                             "the GPS issue); --hidden is then ignored")
     parser.add_argument("--out", default="results/scale-free-bptt")
     parser.add_argument("--truncation", type=int, default=400,
                         help="BPTT length (400: the whole horizon, one meta-update per run)")
@@ -84,14 +90,19 @@ def main():
         horizon, truncation, select_every = 400, args.truncation, 10
     hidden = tuple(int(h) for h in args.hidden.split(","))
 
+    if args.policy == "paper-lstm":
+        sizes = LSTM_INIT_STEP_SIZES
+        make_theta = lambda key, size: init_policy(key, init_step_size=size)
+    else:
+        sizes = INIT_STEP_SIZES
+        make_theta = lambda key, size: init_mlp_policy(key, hidden_sizes=hidden, init_step_size=size)
     evaluate = make_evaluator(horizon, 10, learned_opt)
     keys = seed_keys((0, 1, 2, 3, 4))
     init_scores = {}
-    for size in INIT_STEP_SIZES:
-        curves = np.asarray(evaluate(init_mlp_policy(jax.random.key(0), hidden_sizes=hidden,
-                                                     init_step_size=size), task, keys))
+    for size in sizes:
+        curves = np.asarray(evaluate(make_theta(jax.random.key(0), size), task, keys))
         init_scores[size] = float(curves[:, -1].mean()) if np.all(np.isfinite(curves)) else np.inf
-        print(f"untrained, relative step {size}: final f {init_scores[size]:.4f}")
+        print(f"untrained, init step size {size}: final f {init_scores[size]:.4f}")
     best_size = min(init_scores, key=init_scores.get)
 
     config = L2LTrainConfig(horizon=horizon, truncation=truncation, batch_size=args.batch_size,
@@ -105,15 +116,17 @@ def main():
                                                       "trained_by": "truncated BPTT"})
 
     result = train_l2l(
-        task, config, optimizer=learned_opt, description="scale-free MLP by BPTT",
-        init_theta=lambda k: init_mlp_policy(k, hidden_sizes=hidden, init_step_size=best_size),
+        task, config, optimizer=learned_opt, description=f"{args.policy} by BPTT",
+        init_theta=lambda k: make_theta(k, best_size),
         on_new_best=save_best)
     save(out / "policy.metaopt", result["best_theta"], metadata={
         "selected_at_trajectory": result["best_trajectory"],
         "selection_score_tuning_seeds": result["best_score"], "trained_by": "truncated BPTT",
         "task": "paper 48-48-10 MNIST-48" if not args.tiny else "tiny synthetic",
-        "init_step_size": best_size, "hidden_sizes": list(hidden)})
-    summary = {"config": dataclasses.asdict(config), "hidden_sizes": list(hidden),
+        "init_step_size": best_size, "policy": args.policy,
+        "hidden_sizes": list(hidden) if args.policy == "scale-free" else [128]})
+    summary = {"config": dataclasses.asdict(config), "policy": args.policy,
+               "hidden_sizes": list(hidden) if args.policy == "scale-free" else [128],
                "init_step_size_scores": {str(k): v for k, v in init_scores.items()},
                "init_step_size": best_size, "best_score_tuning_seeds": result["best_score"],
                "best_trajectory": result["best_trajectory"], "selection": result["selection"],
