@@ -12,7 +12,7 @@ from metaopt.fused_policy import fused_policy_available, fused_policy_step
 from metaopt.mlp_policy import is_mlp_policy
 from metaopt.optimizers.guards import check_finite_weights, check_float_leaves
 from metaopt.policy import LSTMCarry, Theta, apply_policy, init_carry, policy_hidden_size
-from metaopt.scale_free_optimizer import scale_free_opt
+from metaopt.scale_free_optimizer import learning_rate_at, scale_free_opt
 
 __all__ = ["LearnedOptState", "learned_opt"]
 
@@ -225,8 +225,7 @@ def learned_opt(theta: Theta | None = None, *, learning_rate: optax.ScalarOrSche
         objective_change = features.relative_objective_change(state.count, value, state.prev_value)
         obs_limit = _observation_limit(theta)
         use_fused_kernel = fused_policy_available(theta)
-        lr = (learning_rate(state.count) if callable(learning_rate) else learning_rate)
-        lr = jnp.asarray(lr, jnp.float32)
+        lr = learning_rate_at(learning_rate, state.count)
         new_updates, new_histories, new_carries, skipped = [], [], [], []
         for grad, x, history, carry in zip(
             grad_leaves, param_leaves, histories, carries, strict=True

@@ -29,7 +29,7 @@ from metaopt import scale_free_features as sff
 from metaopt.mlp_policy import Theta, mlp_policy_sizes, mlp_policy_steps
 from metaopt.optimizers.guards import check_finite_weights, check_float_leaves
 
-__all__ = ["ScaleFreeOptState", "parameter_scales", "scale_free_opt"]
+__all__ = ["ScaleFreeOptState", "learning_rate_at", "parameter_scales", "scale_free_opt"]
 
 
 class ScaleFreeOptState(NamedTuple):
@@ -71,7 +71,8 @@ def parameter_scales(params):
     return jax.tree.map(lambda x: jnp.where(_rms(x) > 0, _rms(x), overall), params)
 
 
-def _learning_rate(learning_rate, count):
+def learning_rate_at(learning_rate, count) -> jax.Array:
+    """``learning_rate`` (a number, array or schedule of the step count) at ``count``, float32."""
     value = learning_rate(count) if callable(learning_rate) else learning_rate
     return jnp.asarray(value, jnp.float32)
 
@@ -141,7 +142,7 @@ def scale_free_opt(theta: Theta, *, learning_rate: optax.ScalarOrSchedule = 1.0
         value_ok = jnp.isfinite(value)
         change = sff.relative_objective_change(state.count, value, state.prev_value)
         trend = sff.objective_trend(state.trend, change)
-        lr = _learning_rate(learning_rate, state.count)
+        lr = learning_rate_at(learning_rate, state.count)
         outs = []
         for g, n, m, v, s in zip(grads, *fields, strict=True):
             obs, new_m, new_v = sff.scale_free_features(
