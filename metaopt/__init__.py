@@ -3,8 +3,8 @@
 Example::
 
   import optax, metaopt
-  theta = metaopt.init_policy(jax.random.key(0))     # or metaopt.pretrained(), metaopt.load(path)
-  tx = optax.chain(optax.clip_by_global_norm(1.0), metaopt.learned_opt(theta))
+  tx = metaopt.learned_opt()    # the shipped scale-free policy; or learned_opt(metaopt.load(path)),
+                                # learned_opt(metaopt.pretrained()) for the paper's GPS LSTM
   state = tx.init(params)
   updates, state = tx.update(grads, state, params, value=loss)
   params = optax.apply_updates(params, updates)
@@ -16,7 +16,9 @@ from metaopt import pretrained
 from metaopt.controller import linear_gaussian_controller, momentum_controller
 from metaopt.features import GPS_STATE_DIM
 from metaopt.learned_optimizer import LearnedOptState, learned_opt
+from metaopt.mlp_policy import init_mlp_policy
 from metaopt.policy import init_policy
+from metaopt.scale_free_optimizer import ScaleFreeOptState
 from metaopt.serialization import PolicyFileError, load, save
 
 __version__ = "0.1.0"
@@ -25,6 +27,8 @@ __all__ = [
     "GPS_STATE_DIM",
     "LearnedOptState",
     "PolicyFileError",
+    "ScaleFreeOptState",
+    "init_mlp_policy",
     "init_policy",
     "learned_opt",
     "linear_gaussian_controller",
