@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from metaopt.serialization import PolicyFileError, read_header
+from metaopt.training.job import iteration_number, shipped_choice
 
 
 def _iteration_of(name: str) -> int:
@@ -70,19 +71,9 @@ def shipped_policy(run: str | Path, package_asset: str | Path | None = None) -> 
         info["selection"] = metadata.get("selection")
         digest = header.get("payload_sha256")
         info["weights_match"] = [n for n, d in digests.items() if d is not None and d == digest]
-        if metadata.get("chosen"):
-            info["chosen"], info["source"] = metadata["chosen"], "policy.metaopt metadata"
-    if info["chosen"] is None and (run / "results.json").is_file():
-        try:
-            chosen = (json.loads((run / "results.json").read_text()).get("meta", {})
-                      .get("policy") or {}).get("chosen")
-        except (OSError, ValueError, AttributeError):
-            chosen = None
-        if chosen:
-            info["chosen"], info["source"] = chosen, "results.json meta.policy"
+    info["chosen"], info["source"] = shipped_choice(run)
     if info["chosen"] is not None:
-        match = re.search(r"(\d+)\s*$", str(info["chosen"]))
-        info["iteration"] = int(match.group(1)) if match else None
+        info["iteration"] = iteration_number(info["chosen"])
     elif info["weights_match"]:
         info["iteration"] = _iteration_of(info["weights_match"][-1])
         info["source"] = f"policy.metaopt has the weights of policies/{info['weights_match'][-1]}"

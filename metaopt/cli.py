@@ -142,10 +142,7 @@ def _train(args: argparse.Namespace) -> int:
 
     job = train_job.get_train_config(args.config)
     out_dir = _check_out(args.out, job="train")
-    if job.baselines_file is not None:
-        # The job reads the tuned baselines after training: a missing or mismatched report must
-        # fail now, not after the whole run.
-        train_job.check_baselines_file(job)
+    train_job.check_baselines_file(job)     # read after training: a bad report must fail now
     if args.mesh or args.distributed:
         from metaopt.training.mesh import initialize_distributed
 
@@ -250,26 +247,11 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _chosen_iteration(run: Path) -> int | None:
-    """k of the shipped policy's label "iteration k" (``select_policy``), from RUN/policy.metaopt's
-    metadata or RUN/results.json; None if neither says."""
-    import json
+    """k of the shipped policy's label "iteration k" (``select_policy``), as the run recorded it."""
+    from metaopt.training.job import iteration_number, shipped_choice
 
-    from metaopt.serialization import PolicyFileError, read_header
-
-    label = None
-    try:
-        label = read_header(run / "policy.metaopt").get("metadata", {}).get("chosen")
-    except (OSError, PolicyFileError):
-        pass
-    if label is None:
-        try:
-            label = json.loads((run / "results.json").read_text())["meta"]["policy"]["chosen"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-    try:
-        return int(str(label).split()[-1])
-    except (ValueError, IndexError):
-        return None
+    label, _ = shipped_choice(run)
+    return None if label is None else iteration_number(label)
 
 
 # --- parser ---------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from metaopt import features
 from metaopt.features import OBS_DIM
 from metaopt.fused_policy import fused_policy_available, fused_policy_step
 from metaopt.mlp_policy import is_mlp_policy
-from metaopt.optimizers.guards import check_finite_weights, check_float_leaves
+from metaopt.optimizers.guards import check_finite_weights, check_float_leaves, scalar_objective
 from metaopt.policy import LSTMCarry, Theta, apply_policy, init_carry, policy_hidden_size
 from metaopt.scale_free_optimizer import learning_rate_at, scale_free_opt
 
@@ -137,7 +137,7 @@ def learned_opt(theta: Theta | None = None, *, learning_rate: optax.ScalarOrSche
 
     Example::
 
-      tx = optax.chain(optax.clip_by_global_norm(1.0), metaopt.learned_opt(theta))
+      tx = metaopt.learned_opt(theta)     # no clipping: what the evaluations ran
       state = tx.init(params)
       loss, grads = jax.value_and_grad(loss_fn)(params, batch)
       updates, state = tx.update(grads, state, params, value=loss)
@@ -172,11 +172,7 @@ def learned_opt(theta: Theta | None = None, *, learning_rate: optax.ScalarOrSche
 
     def update_fn(updates, state, params=None, *, value=None, **extra_args):
         del extra_args
-        if value is None:
-            raise ValueError(
-                "learned_opt needs the minibatch objective: call "
-                "tx.update(grads, state, params, value=loss)."
-            )
+        value = scalar_objective(value, owner="learned_opt")
         if params is None:
             raise ValueError(
                 "learned_opt needs the current parameters: call "
@@ -184,17 +180,6 @@ def learned_opt(theta: Theta | None = None, *, learning_rate: optax.ScalarOrSche
             )
         check_float_leaves(updates, "updates", owner="learned_opt")
         check_float_leaves(params, "params", owner="learned_opt")
-        value = jnp.asarray(value)
-        if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
-            raise TypeError(
-                f"learned_opt: value must be the real scalar minibatch objective, got dtype {value.dtype}."
-            )
-        if value.shape != ():
-            raise ValueError(
-                f"learned_opt: value must be the scalar minibatch objective, got shape "
-                f"{value.shape} (under jax.vmap pass one scalar per problem)."
-            )
-        value = value.astype(jnp.float32)
 
         paths_and_grads, treedef = jax.tree_util.tree_flatten_with_path(updates)
         grad_leaves = [grad for _, grad in paths_and_grads]

@@ -3,7 +3,8 @@
 Example::
 
   import optax, metaopt
-  tx = optax.chain(optax.clip_by_global_norm(1.0), metaopt.learned_opt(metaopt.pretrained()))
+  tx = metaopt.learned_opt(metaopt.pretrained())      # the paper's GPS-trained LSTM
+  tx = metaopt.learned_opt()                          # the default: scale_free() below
   l2l_theta = metaopt.pretrained.pretrained_l2l()    # the shipped L2L baseline
   metaopt.pretrained.pretrained_info()               # how the shipped policy was made
 

@@ -27,7 +27,7 @@ import optax
 
 from metaopt import scale_free_features as sff
 from metaopt.mlp_policy import Theta, mlp_policy_sizes, mlp_policy_steps
-from metaopt.optimizers.guards import check_finite_weights, check_float_leaves
+from metaopt.optimizers.guards import check_finite_weights, check_float_leaves, scalar_objective
 
 __all__ = ["ScaleFreeOptState", "learning_rate_at", "parameter_scales", "scale_free_opt"]
 
@@ -68,7 +68,12 @@ def parameter_scales(params):
     size = sum(x.size for x in leaves)
     overall = jnp.sqrt(total / size) if size else jnp.zeros((), jnp.float32)
     overall = jnp.where(overall > 0, overall, 1.0)
-    return jax.tree.map(lambda x: jnp.where(_rms(x) > 0, _rms(x), overall), params)
+
+    def scale(x):
+        rms = _rms(x)
+        return jnp.where(rms > 0, rms, overall)
+
+    return jax.tree.map(scale, params)
 
 
 def learning_rate_at(learning_rate, count) -> jax.Array:
@@ -114,18 +119,8 @@ def scale_free_opt(theta: Theta, *, learning_rate: optax.ScalarOrSchedule = 1.0
 
     def update_fn(updates, state, params=None, *, value=None, **extra_args):
         del params, extra_args
-        if value is None:
-            raise ValueError("learned_opt needs the minibatch objective: call "
-                             "tx.update(grads, state, params, value=loss).")
+        value = scalar_objective(value, owner="learned_opt")
         check_float_leaves(updates, "updates", owner="learned_opt")
-        value = jnp.asarray(value)
-        if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
-            raise TypeError(f"learned_opt: value must be the real scalar minibatch objective, got "
-                            f"dtype {value.dtype}.")
-        if value.shape != ():
-            raise ValueError(f"learned_opt: value must be the scalar minibatch objective, got shape "
-                             f"{value.shape} (under jax.vmap pass one scalar per problem).")
-        value = value.astype(jnp.float32)
         grads, treedef = jax.tree.flatten(updates)
         try:
             fields = [treedef.flatten_up_to(getattr(state, name)) for name in

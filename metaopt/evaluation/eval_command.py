@@ -36,12 +36,12 @@ from typing import Any
 
 import numpy as np
 
+from metaopt.evaluation.tuning import DEFAULT_BASELINES_FILE
 from metaopt.optimizers.baselines import BASELINES
 
 LEARNED = "learned_gps"          # the same name as the train job's report
 PRETRAINED = "pretrained"          # the paper's GPS-trained LSTM (metaopt.pretrained())
 SCALE_FREE = "scale-free"          # learned_opt()'s default (metaopt.pretrained.scale_free())
-DEFAULT_BASELINES_FILE = "results/baselines/results.json"
 # What a baselines report's config must share with the eval task for its hyperparameters to count
 # as tuned on this task (the keys the train job checks, plus the horizon).
 _TASK_KEYS = ("dataset", "input_dim", "hidden", "batch_size", "num_steps", "l2", "activation",
@@ -250,48 +250,34 @@ def run_eval(theta, spec: EvalSpec, out_dir: str | os.PathLike, *, plan: dict[st
       ``{"paths", "curves", "verdict", "wall_time_s"}``.
     """
     from metaopt.evaluation.report import write_report
-    from metaopt.evaluation.tuning import run_grid, tune
+    from metaopt.evaluation.tuning import tune
     from metaopt.evaluation.unroll import eval_steps
-    from metaopt.learned_optimizer import learned_opt
 
     say = progress or (lambda _: None)
     start = time.perf_counter()
     task = eval_task(spec) if task is None else task
     steps = eval_steps(spec.num_steps, spec.eval_every)
     grid = dict(num_steps=spec.num_steps, eval_every=spec.eval_every)
-    say(f"{LEARNED}: {len(spec.seeds)} seed(s) × {spec.num_steps} steps")
-    curves = {LEARNED: run_grid(lambda: learned_opt(theta), [{}], task, spec.seeds, **grid)[0]}
-    from metaopt.mlp_policy import is_mlp_policy
-
-    kind = ("scale-free MLP policy" if is_mlp_policy(theta)
-            else "per-coordinate LSTM policy (the paper's features)")
-    details = {LEARNED: {"description": f"{kind}, deterministic mean (learned_opt); the column "
-                                        "keeps the train job's name",
-                         "hyperparams": {}, **({"policy": policy_info} if policy_info else {})}}
     settings = dict(plan["settings"])
-    for name in plan["names"]:
-        spec_b = BASELINES[name]
-        if plan["mode"] == "tune":
+    if plan["mode"] == "tune":
+        for name in plan["names"]:
+            spec_b = BASELINES[name]
             say(f"{name}: tuning over seeds {list(spec.tuning_seeds)}")
             result = tune(spec_b.factory, spec_b.grid_points(num_steps=spec.num_steps), task,
                           spec.tuning_seeds, **grid)
             settings[name] = {"hyperparams": result.best, "tuned_in": "this eval",
                               "tuning_final_mean": float(result.scores[result.best_index])}
-        say(f"{name}: {len(spec.seeds)} seed(s)")
-        curves[name] = run_grid(spec_b.factory, [settings[name]["hyperparams"]], task, spec.seeds,
-                                **grid)[0]
-        details[name] = {"description": spec_b.description, **settings[name]}
-    finals = {n: float(np.mean(c[:, -1])) for n, c in curves.items()}
-    rivals = {n: v for n, v in finals.items() if n != LEARNED}
-    best = min(rivals, key=lambda n: rivals[n] if np.isfinite(rivals[n]) else np.inf,
-               default=None)
-    verdict = {
-        "learned_final_mean": finals[LEARNED],
-        "best_baseline": best,
-        "best_baseline_final_mean": rivals.get(best),
-        "beats_every_baseline_at_final_step": bool(
-            rivals and all(finals[LEARNED] < v for v in rivals.values())),
-    }
+    from metaopt.mlp_policy import is_mlp_policy
+
+    kind = ("scale-free MLP policy" if is_mlp_policy(theta)
+            else "per-coordinate LSTM policy (the paper's features)")
+    curves, details = learned_and_baseline_curves(
+        theta, {n: settings[n] for n in plan["names"]}, task, spec.seeds,
+        description=f"{kind}, deterministic mean (learned_opt); the column keeps the train "
+                    "job's name", progress=say, **grid)
+    if policy_info:
+        details[LEARNED]["policy"] = policy_info
+    verdict = verdict_of(curves)
     widths = "-".join(map(str, task.widths))
     wall = time.perf_counter() - start
     meta = {
@@ -313,6 +299,47 @@ def run_eval(theta, spec: EvalSpec, out_dir: str | os.PathLike, *, plan: dict[st
                          title=title)
     return {"paths": paths, "curves": curves, "verdict": verdict,
             "wall_time_s": time.perf_counter() - start}
+
+
+def learned_and_baseline_curves(theta, settings: dict[str, dict], task, seeds, *, num_steps: int,
+                                eval_every: int, description: str,
+                                progress: Callable[[str], None] | None = None):
+    """Curves of θ's deterministic mean (as ``LEARNED``) and of each baseline at its
+    ``settings[name]["hyperparams"]`` on ``seeds``; the train job's evaluation and ``run_eval``.
+
+    Returns:
+      ``(curves, details)``: name → ``(len(seeds), num_evals)``, and name → the JSON facts of
+      the report (description, then everything in ``settings[name]``).
+    """
+    from metaopt.evaluation.tuning import run_grid
+    from metaopt.learned_optimizer import learned_opt
+
+    say = progress or (lambda _: None)
+    grid = dict(num_steps=num_steps, eval_every=eval_every)
+    say(f"{LEARNED}: {len(seeds)} seed(s) × {num_steps} steps")
+    curves = {LEARNED: run_grid(lambda: learned_opt(theta), [{}], task, seeds, **grid)[0]}
+    details = {LEARNED: {"description": description, "hyperparams": {}}}
+    for name, setting in settings.items():
+        spec = BASELINES[name]
+        say(f"{name}: {len(seeds)} seed(s)")
+        curves[name] = run_grid(spec.factory, [setting["hyperparams"]], task, seeds, **grid)[0]
+        details[name] = {"description": spec.description, **setting}
+    return curves, details
+
+
+def verdict_of(curves: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Mean final f of ``LEARNED`` against the best baseline (a diverged one never is best)."""
+    finals = {n: float(np.mean(c[:, -1])) for n, c in curves.items()}
+    rivals = {n: v for n, v in finals.items() if n != LEARNED}
+    best = min(rivals, key=lambda n: rivals[n] if np.isfinite(rivals[n]) else np.inf,
+               default=None)
+    return {
+        "learned_final_mean": finals[LEARNED],
+        "best_baseline": best,
+        "best_baseline_final_mean": rivals.get(best),
+        "beats_every_baseline_at_final_step": bool(
+            rivals and all(finals[LEARNED] < v for v in rivals.values())),
+    }
 
 
 def report_title(widths: str, num_steps: int, num_seeds: int, dataset: str | None) -> str:
@@ -351,5 +378,6 @@ def replot_curves(results_json: str | os.PathLike, png: str | os.PathLike) -> Pa
     return Path(png)
 
 
-__all__ = ["DEFAULT_BASELINES_FILE", "LEARNED", "PRETRAINED", "EvalSpec", "check_spec",
-           "eval_task", "load_policy", "replot_curves", "resolve_baselines", "run_eval"]
+__all__ = ["DEFAULT_BASELINES_FILE", "LEARNED", "PRETRAINED", "SCALE_FREE", "EvalSpec",
+           "check_spec", "eval_task", "learned_and_baseline_curves", "load_policy",
+           "replot_curves", "resolve_baselines", "run_eval", "verdict_of"]

@@ -39,14 +39,13 @@ from metaopt.data import DatasetUnavailableError
 from metaopt.data.datasets import TFD_UNAVAILABLE
 from metaopt.data.sources import sha256_of_file
 from metaopt.evaluation.report import git_commit, machine_description, summarize, write_report
-from metaopt.evaluation.tuning import read_tuned_baselines, run_grid
+from metaopt.evaluation.tuning import DEFAULT_BASELINES_FILE, read_tuned_baselines, run_grid
 from metaopt.evaluation.unroll import eval_steps
 from metaopt.optimizers.baselines import BASELINES
 
 GPS = "learned_gps"
 L2L = "learned_l2l"
 LEARNED = (GPS, L2L)
-DEFAULT_BASELINES_FILE = "results/baselines/results.json"
 # The paper's test datasets are TFD, CIFAR-10 and CIFAR-100. Offline we have Fashion-MNIST and
 # sklearn's 8×8 digits; CIFAR runs when TFDS has it prepared and is skipped with its reason if not.
 TEST_DATASETS = ("fashion_mnist", "digits", "cifar10", "cifar100")

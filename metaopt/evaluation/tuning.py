@@ -27,6 +27,9 @@ import optax
 
 from metaopt.evaluation.unroll import check_schedule, unroll
 
+# Where `metaopt baselines --config paper` writes the baselines tuned on the training task.
+DEFAULT_BASELINES_FILE = "results/baselines/results.json"
+
 
 class TuningResult(NamedTuple):
     """Attributes:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["skip_nonfinite"]
+__all__ = ["check_finite_weights", "check_float_leaves", "scalar_objective", "skip_nonfinite"]
 
 
 def all_finite(tree) -> jax.Array:
@@ -112,6 +112,26 @@ def check_float_leaves(tree, what: str, *, owner: str) -> None:
                 f"{jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}. Exclude it, e.g. "
                 "with optax.masked or optax.partition."
             )
+
+
+def scalar_objective(value, *, owner: str) -> jax.Array:
+    """The keyword ``value`` of a learned optimizer's update as a float32 scalar.
+
+    Raises:
+      ValueError: ``value`` is missing (with the call to make) or not a scalar.
+      TypeError: ``value`` is not a real number.
+    """
+    if value is None:
+        raise ValueError(f"{owner} needs the minibatch objective: call "
+                         "tx.update(grads, state, params, value=loss).")
+    value = jnp.asarray(value)
+    if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
+        raise TypeError(f"{owner}: value must be the real scalar minibatch objective, got dtype "
+                        f"{value.dtype}.")
+    if value.shape != ():
+        raise ValueError(f"{owner}: value must be the scalar minibatch objective, got shape "
+                         f"{value.shape} (under jax.vmap pass one scalar per problem).")
+    return value.astype(jnp.float32)
 
 
 def check_finite_weights(theta, *, fix: str) -> None:

@@ -28,16 +28,15 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from metaopt.evaluation.eval_command import LEARNED, learned_and_baseline_curves, verdict_of
 from metaopt.evaluation.report import write_report
-from metaopt.evaluation.tuning import read_tuned_baselines, run_grid, seed_keys, tune
+from metaopt.evaluation.tuning import read_tuned_baselines, seed_keys, tune
 from metaopt.evaluation.unroll import eval_steps, unroll
 from metaopt.learned_optimizer import learned_opt
 from metaopt.optimizers.baselines import BASELINES
 from metaopt.serialization import save
 from metaopt.training.gps_loop import TrainConfig, make_dataset_task, make_task, train
 from metaopt.training.mesh import is_main_process, samples_mesh, scale_to_mesh
-
-LEARNED = "learned_gps"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,26 +132,12 @@ def evaluate_against_baselines(theta, job: TrainJobConfig, out_dir, *, meta: dic
     task = evaluation_task(config)
     num_steps = config.horizon
     steps = eval_steps(num_steps, job.eval_every)
-    curves, details = {}, {}
-    curves[LEARNED] = run_grid(lambda: learned_opt(theta), [{}], task, job.eval_seeds,
-                               num_steps=num_steps, eval_every=job.eval_every)[0]
-    details[LEARNED] = {"description": "GPS-trained LSTM, deterministic mean (learned_opt)",
-                        "hyperparams": {}}
-    for name, setting in _baseline_settings(job, task, num_steps).items():
-        spec = BASELINES[name]
-        curves[name] = run_grid(spec.factory, [setting["hyperparams"]], task, job.eval_seeds,
-                                num_steps=num_steps, eval_every=job.eval_every)[0]
-        details[name] = {"description": spec.description, **setting}
-    finals = {n: float(np.mean(c[:, -1])) for n, c in curves.items()}
-    best_baseline = min((n for n in finals if n != LEARNED), key=lambda n: finals[n])
+    curves, details = learned_and_baseline_curves(
+        theta, _baseline_settings(job, task, num_steps), task, job.eval_seeds,
+        num_steps=num_steps, eval_every=job.eval_every,
+        description="GPS-trained LSTM, deterministic mean (learned_opt)")
+    verdict = verdict_of(curves)
     widths = "-".join(map(str, task.widths))
-    verdict = {
-        "learned_final_mean": finals[LEARNED],
-        "best_baseline": best_baseline,
-        "best_baseline_final_mean": finals[best_baseline],
-        "beats_every_baseline_at_final_step": bool(
-            all(finals[LEARNED] < v for n, v in finals.items() if n != LEARNED)),
-    }
     paths = write_report(
         out_dir, curves=curves, steps=steps, details=details,
         meta={**meta, "task": f"{widths} {config.activation} MLP on "
@@ -193,6 +178,34 @@ def select_policy(job: TrainJobConfig, candidates: dict[str, object]):
                          "auc": float(np.mean(np.sum(curves, -1)))}
     best = min(scores, key=lambda k: scores[k]["final"])
     return best, candidates[best], scores
+
+
+def iteration_number(label) -> int | None:
+    """k of ``select_policy``'s label "iteration k"; None for anything else."""
+    parts = str(label).split()
+    return int(parts[-1]) if len(parts) == 2 and parts[0] == "iteration" and parts[1].isdigit() \
+        else None
+
+
+def shipped_choice(run_dir) -> tuple[str | None, str | None]:
+    """Which policy a ``run_train_job`` folder shipped, as ``(label, where it is recorded)``:
+    ``policy.metaopt``'s metadata ``"chosen"``, else ``results.json``'s ``meta.policy.chosen``;
+    ``(None, None)`` when neither says (runs older than ``select_policy``)."""
+    from metaopt.serialization import PolicyFileError, read_header
+
+    run = Path(run_dir)
+    try:
+        label = (read_header(run / "policy.metaopt").get("metadata") or {}).get("chosen")
+        if label:
+            return str(label), "policy.metaopt metadata"
+    except (OSError, PolicyFileError):
+        pass
+    try:
+        label = ((json.loads((run / "results.json").read_text()).get("meta") or {})
+                 .get("policy") or {}).get("chosen")
+    except (OSError, ValueError, AttributeError):
+        label = None
+    return (str(label), "results.json meta.policy") if label else (None, None)
 
 
 def plot_training_log(path, log: list[dict], *, chosen_iteration: int | None = None):
@@ -376,7 +389,7 @@ def run_train_job(name: str, out_dir, *, resume: bool = False, progress: bool = 
     with open(out / "training_log.json", "w") as fh:
         json.dump({"config": name, "train_config": config_dict,
                    "seconds_per_iteration": timings, "entries": log}, fh, indent=1)
-    plot_training_log(out / "training_log.png", log, chosen_iteration=int(chosen.split()[-1]))
+    plot_training_log(out / "training_log.png", log, chosen_iteration=iteration_number(chosen))
     meta = {"job": "train", "config": name, "train_config": config_dict,
             "iterations": len(log), "seconds_per_iteration": timings,
             "policy": {"chosen": chosen, "tuning_seeds": list(job.tuning_seeds),
@@ -394,6 +407,6 @@ def run_train_job(name: str, out_dir, *, resume: bool = False, progress: bool = 
     return result
 
 
-__all__ = ["TRAIN_CONFIGS", "TrainJobConfig", "check_baselines_file", "evaluate_against_baselines",
-           "get_train_config",
-           "plot_training_log", "run_train_job", "select_policy"]
+__all__ = ["LEARNED", "TRAIN_CONFIGS", "TrainJobConfig", "check_baselines_file",
+           "evaluate_against_baselines", "get_train_config", "iteration_number",
+           "plot_training_log", "run_train_job", "select_policy", "shipped_choice"]
