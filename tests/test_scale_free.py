@@ -318,10 +318,10 @@ def test_linen_train_state_with_value():
 
 
 def test_reports_record_the_commit_outside_the_checkout(tmp_path, monkeypatch):
-    from metaopt.evaluation.report import git_commit
-
     import re
     from pathlib import Path
+
+    from metaopt.evaluation.report import git_commit
 
     if not (Path(metaopt.__file__).resolve().parents[1] / ".git").exists():
         pytest.skip("metaopt is not running from a git checkout here")
