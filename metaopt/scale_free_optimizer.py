@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -29,7 +30,8 @@ from metaopt import scale_free_features as sff
 from metaopt.mlp_policy import Theta, mlp_policy_sizes, mlp_policy_steps
 from metaopt.optimizers.guards import check_finite_weights, check_float_leaves, scalar_objective
 
-__all__ = ["ScaleFreeOptState", "learning_rate_at", "parameter_scales", "scale_free_opt"]
+__all__ = ["ScaleFreeOptState", "init_scale_free_state", "learning_rate_at", "parameter_scales",
+           "scale_free_opt", "scale_free_update"]
 
 
 class ScaleFreeOptState(NamedTuple):
@@ -82,6 +84,75 @@ def learning_rate_at(learning_rate, count) -> jax.Array:
     return jnp.asarray(value, jnp.float32)
 
 
+def init_scale_free_state(params, *, owner: str = "learned_opt") -> ScaleFreeOptState:
+    """The state ``scale_free_opt(θ).init(params)`` returns (for any step rule on these features)."""
+    check_float_leaves(params, "params", owner=owner)
+    moments = lambda i: jax.tree.map(lambda x: sff.init_moments(x)[i], params)
+    return ScaleFreeOptState(
+        count=jnp.zeros((), jnp.int32), prev_value=jnp.zeros((), jnp.float32),
+        trend=jnp.zeros((), jnp.float32),
+        leaf_count=jax.tree.map(lambda _: jnp.zeros((), jnp.int32), params),
+        momentum=moments(0), magnitude=moments(1), scale=parameter_scales(params),
+        nonfinite_count=jnp.zeros((), jnp.int32))
+
+
+StepRule = Callable[[int, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def scale_free_update(updates, state: ScaleFreeOptState, value, step_rule: StepRule, *,
+                      owner: str = "learned_opt"):
+    """One update on the scale-free features with any per-leaf step rule.
+
+    ``step_rule(leaf_index, obs, scale, count)`` maps a leaf's features ``leaf.shape + (9,)``, its σ
+    and the step count t to its step Δx (``leaf.shape``). :func:`scale_free_opt` passes the MLP
+    policy's; GPS's controllers (``metaopt.scale_free_controller``) a linear-Gaussian one, so the
+    policy and the controllers it imitates read exactly the same features.
+
+    Returns:
+      ``(steps, new_state, observations)``: ``observations`` is a list of the leaves' features in
+      ``jax.tree.leaves`` order. Non-finite input: as :func:`scale_free_opt` (zero step, state kept).
+    """
+    value = scalar_objective(value, owner=owner)
+    check_float_leaves(updates, "updates", owner=owner)
+    grads, treedef = jax.tree.flatten(updates)
+    try:
+        fields = [treedef.flatten_up_to(getattr(state, name)) for name in
+                  ("leaf_count", "momentum", "magnitude", "scale")]
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{owner}: updates and the optimizer state must have the same tree "
+                         f"structure (was the state made by init(params) for these params?): "
+                         f"{err}") from err
+    for g, m in zip(grads, fields[1], strict=True):
+        if jnp.shape(m) != jnp.shape(g) + (len(sff.MOMENTUM_DECAYS),):
+            raise ValueError(f"{owner}: a gradient leaf has shape {jnp.shape(g)} but its "
+                             f"state {jnp.shape(m)[:-1]}: was the state made by init(params) "
+                             "for these params?")
+    value_ok = jnp.isfinite(value)
+    change = sff.relative_objective_change(state.count, value, state.prev_value)
+    trend = sff.objective_trend(state.trend, change)
+    outs, observations = [], []
+    for index, (g, n, m, v, s) in enumerate(zip(grads, *fields, strict=True)):
+        obs, new_m, new_v = sff.scale_free_features(
+            m, v, n, g, step=state.count, objective_change=change, trend=trend)
+        ok = value_ok & jnp.all(jnp.isfinite(g))
+        step = jnp.where(ok, step_rule(index, obs, s, state.count), 0.0)
+        keep = lambda new, old, ok=ok: jnp.where(ok, new, old).astype(old.dtype)
+        outs.append((step.astype(g.dtype), keep(n + 1, n), keep(new_m, m), keep(new_v, v), ~ok))
+        observations.append(obs)
+    steps, counts, momenta, seconds, skipped = (list(c) for c in zip(*outs, strict=True)) \
+        if outs else ([], [], [], [], [])
+    any_skipped = jnp.any(jnp.stack(skipped)) if skipped else jnp.zeros((), bool)
+    new_state = ScaleFreeOptState(
+        count=state.count + value_ok.astype(jnp.int32),
+        prev_value=jnp.where(value_ok, value, state.prev_value),
+        trend=jnp.where(value_ok, trend, state.trend),
+        leaf_count=treedef.unflatten(counts), momentum=treedef.unflatten(momenta),
+        magnitude=treedef.unflatten(seconds), scale=state.scale,
+        nonfinite_count=state.nonfinite_count + any_skipped.astype(jnp.int32))
+    return treedef.unflatten(steps), new_state, observations
+
+
+
 def scale_free_opt(theta: Theta, *, learning_rate: optax.ScalarOrSchedule = 1.0
                    ) -> optax.GradientTransformationExtraArgs:
     """The learned optimizer with scale-free features and a relative step (module docs).
@@ -108,54 +179,14 @@ def scale_free_opt(theta: Theta, *, learning_rate: optax.ScalarOrSchedule = 1.0
                                     "metaopt.mlp_policy.init_mlp_policy.")
 
     def init_fn(params):
-        check_float_leaves(params, "params", owner="learned_opt")
-        moments = lambda i: jax.tree.map(lambda x: sff.init_moments(x)[i], params)
-        return ScaleFreeOptState(
-            count=jnp.zeros((), jnp.int32), prev_value=jnp.zeros((), jnp.float32),
-            trend=jnp.zeros((), jnp.float32),
-            leaf_count=jax.tree.map(lambda _: jnp.zeros((), jnp.int32), params),
-            momentum=moments(0), magnitude=moments(1), scale=parameter_scales(params),
-            nonfinite_count=jnp.zeros((), jnp.int32))
+        return init_scale_free_state(params)
 
     def update_fn(updates, state, params=None, *, value=None, **extra_args):
         del params, extra_args
-        value = scalar_objective(value, owner="learned_opt")
-        check_float_leaves(updates, "updates", owner="learned_opt")
-        grads, treedef = jax.tree.flatten(updates)
-        try:
-            fields = [treedef.flatten_up_to(getattr(state, name)) for name in
-                      ("leaf_count", "momentum", "magnitude", "scale")]
-        except (TypeError, ValueError) as err:
-            raise ValueError("learned_opt: updates and the optimizer state must have the same tree "
-                             f"structure (was the state made by init(params) for these params?): "
-                             f"{err}") from err
-        for g, m in zip(grads, fields[1], strict=True):
-            if jnp.shape(m) != jnp.shape(g) + (len(sff.MOMENTUM_DECAYS),):
-                raise ValueError(f"learned_opt: a gradient leaf has shape {jnp.shape(g)} but its "
-                                 f"state {jnp.shape(m)[:-1]}: was the state made by init(params) "
-                                 "for these params?")
-        value_ok = jnp.isfinite(value)
-        change = sff.relative_objective_change(state.count, value, state.prev_value)
-        trend = sff.objective_trend(state.trend, change)
         lr = learning_rate_at(learning_rate, state.count)
-        outs = []
-        for g, n, m, v, s in zip(grads, *fields, strict=True):
-            obs, new_m, new_v = sff.scale_free_features(
-                m, v, n, g, step=state.count, objective_change=change, trend=trend)
-            ok = value_ok & jnp.all(jnp.isfinite(g))
-            step = jnp.where(ok, lr * mlp_policy_steps(theta, obs, s), 0.0)
-            keep = lambda new, old, ok=ok: jnp.where(ok, new, old).astype(old.dtype)
-            outs.append((step.astype(g.dtype), keep(n + 1, n), keep(new_m, m), keep(new_v, v), ~ok))
-        steps, counts, momenta, seconds, skipped = (list(c) for c in zip(*outs, strict=True)) \
-            if outs else ([], [], [], [], [])
-        any_skipped = jnp.any(jnp.stack(skipped)) if skipped else jnp.zeros((), bool)
-        new_state = ScaleFreeOptState(
-            count=state.count + value_ok.astype(jnp.int32),
-            prev_value=jnp.where(value_ok, value, state.prev_value),
-            trend=jnp.where(value_ok, trend, state.trend),
-            leaf_count=treedef.unflatten(counts), momentum=treedef.unflatten(momenta),
-            magnitude=treedef.unflatten(seconds), scale=state.scale,
-            nonfinite_count=state.nonfinite_count + any_skipped.astype(jnp.int32))
-        return treedef.unflatten(steps), new_state
+        steps, new_state, _ = scale_free_update(
+            updates, state, value,
+            lambda leaf, obs, scale, count: lr * mlp_policy_steps(theta, obs, scale))
+        return steps, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
