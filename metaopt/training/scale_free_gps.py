@@ -310,7 +310,8 @@ def init_state(config: ScaleFreeGPSConfig, task) -> ScaleFreeGPSState:
 
 
 def _score(config, task, theta):
-    curves = np.asarray(make_evaluator(config.horizon, 10, learned_opt)(
+    every = 10 if config.horizon % 10 == 0 else 1
+    curves = np.asarray(make_evaluator(config.horizon, every, learned_opt)(
         theta, task, seed_keys(config.select_seeds)))
     if not np.all(np.isfinite(curves)):
         return math.inf, math.inf
