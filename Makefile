@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train train-tpu train-quick train-l2l train-scale-free test test-slow experiments bench lint clean
+.PHONY: install train train-tpu train-quick train-l2l train-scale-free train-scale-free-gps test test-slow experiments bench lint clean
 
 install: $(STAMP)
 
@@ -53,6 +53,14 @@ experiments: install
 train-scale-free: install
 	$(PY) experiments/train_scale_free.py --budget-minutes 25
 	$(PY) experiments/scale_free_suite.py --policy results/scale-free-bptt/policy.metaopt
+
+# GPS for the scale-free MLP policy (controllers on its own features, pathwise C-step, regression
+# S-step; ~25 min on 2 cores), then the chosen policy against the tuned baselines on the held-out
+# seeds. `make train-scale-free-gps RESUME=--resume` continues an interrupted run.
+train-scale-free-gps: install
+	test -f results/baselines/results.json || $(PY) -m metaopt.cli baselines --config paper --out results/baselines
+	$(PY) experiments/train_scale_free_gps.py --budget-minutes 24 --out results/scale-free-gps $(RESUME)
+	$(PY) -m metaopt.cli eval --policy results/scale-free-gps/policy.metaopt --out results/scale-free-gps/eval
 
 # Re-meta-train the L2L baseline (Andrychowicz et al. 2016) into metaopt/assets/l2l.metaopt (~35 min).
 train-l2l: install

@@ -239,7 +239,8 @@ def pathwise_c_step(task, controller: LinearGaussianController, moments: Regress
       moments: the rollout's per-(g, t) moments of [s; a; s'] (for M).
       group_sizes: n_g ``(G,)``.
       budget: ε per group ``(G,)``: the KL of all accepted steps together stays within it (each
-        step may use what the previous ones left; a rejected step quarters what remains to try).
+        step may use what the previous ones left; after a rejected step the next may use a
+        quarter of what the rejected one used, or of what remains if less).
       state_index: the state entries the controller may read (an int n: the first n); its gains
         on the others stay as they are (0 for a controller that never read them). With a
         policy coupling, π_lin's gains on the unread entries are left out of the pull term.
@@ -312,6 +313,9 @@ def pathwise_c_step(task, controller: LinearGaussianController, moments: Regress
             eta, kl_total = np.asarray(step.eta), kl
             remaining = np.maximum(budget - kl.sum(-1), 0.05 * budget)
         else:
-            remaining = 0.25 * remaining
+            # Shrink the step itself: with a policy coupling the tried step may have used less
+            # than the budget (the coupling bounds it), and a quartered budget it never reached
+            # retried the same step (every coupled C-step then kept nothing).
+            remaining = 0.25 * np.minimum(remaining, np.asarray(step.kl).sum(-1))
     current = jax.tree.map(lambda a: np.asarray(a, np.float32), current)
     return PathwiseResult(current, eta, kl_total, start, value, start - value, accepted, tried)

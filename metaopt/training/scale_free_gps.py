@@ -89,7 +89,7 @@ class ScaleFreeGPSConfig:
     s_step_batch_size: int = 4096
     s_step_learning_rate: float = 1e-3
     coupling: bool = True
-    initial_penalty: float = 0.1
+    initial_penalty: float = 0.01
     dual_rate: float = 0.2
     linearization_ridge: float = 1e-4
     divergence_ratio: float = 2.0

@@ -148,3 +148,32 @@ def test_pathwise_c_step_moves_only_the_entries_the_controller_reads(sampled):
     assert result.steps_accepted == 1 and result.objective_after < result.objective_before
     changed = np.any(result.controller.gain != np.asarray(state.controller.gain), axis=(0, 1, 2))
     assert set(np.flatnonzero(changed)) <= set(index) and changed[features.GRADIENT_INDEX]
+
+
+def test_a_rejected_coupled_step_is_retried_smaller(sampled):
+    """With a policy coupling the step can stop short of the budget; a rejected one must then
+    shrink (it used to be retried unchanged: every coupled C-step of a run kept nothing)."""
+    from metaopt.gps import BadmmDuals
+
+    config, task, state, data, init_key, keys = sampled
+    dim = model_state_dim(config)
+    ctrl = state.controller
+    bias0, gain0 = np.asarray(ctrl.bias, np.float64), np.asarray(ctrl.gain, np.float64)
+    duals = BadmmDuals(np.zeros(bias0.shape), np.full(bias0.shape[:2], 1e-3))
+    distance = lambda c: float(np.sqrt(np.sum(np.square(np.asarray(c.bias) - bias0))
+                                       + np.sum(np.square(np.asarray(c.gain) - gain0))))
+    linear = lambda c: float(1.0 + np.sum(np.asarray(c.bias) - bias0)
+                             + np.sum(np.asarray(c.gain) - gain0))      # ∇ = ones, exactly
+    grad = jax.tree.map(lambda a: np.ones_like(np.asarray(a)), ctrl)
+    accept_all = lambda c: (linear(c), grad)
+    first = pathwise.pathwise_c_step(task, ctrl, data.moments, init_key, keys, group_sizes(task),
+                                     np.full(4, 1e9), state_index=dim, linearization=ctrl,
+                                     duals=duals, num_steps=1, objective_and_grad=accept_all)
+    reach = distance(first.controller)
+    assert first.steps_accepted == 1 and np.all(first.kl.sum(-1) < 1e-2 * 1e9)   # not the budget
+    near_only = lambda c: (linear(c) if distance(c) < reach / 3 else 2.0, grad)
+    result = pathwise.pathwise_c_step(task, ctrl, data.moments, init_key, keys, group_sizes(task),
+                                      np.full(4, 1e9), state_index=dim, linearization=ctrl,
+                                      duals=duals, num_steps=4, objective_and_grad=near_only)
+    assert result.steps_accepted >= 1
+    assert 0 < distance(result.controller) < reach / 3
