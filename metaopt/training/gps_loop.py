@@ -487,7 +487,9 @@ def gps_iteration(config: TrainConfig, task, tracked: TrackedCoordinates,
     }
     new_state = to_host32(TrainState(
         iteration=np.int32(iteration + 1), controller=controller, eta=eta,
-        step_multiplier=step_multiplier, duals=duals, theta=theta,
+        step_multiplier=(pathwise.multiplier_after(step_multiplier, result)
+                         if config.c_step == "pathwise" else step_multiplier),
+        duals=duals, theta=theta,
         previous=PreviousModel(state.controller, np.float32(next_predicted)),
         has_previous=np.bool_(True)))
     return new_state, log

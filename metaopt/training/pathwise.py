@@ -43,7 +43,7 @@ from metaopt.gps.dynamics import relative_ridge
 from metaopt.gps.moments import mean_covariance
 from metaopt.gps.types import LinearGaussianController, RegressionMoments, float64
 
-__all__ = ["PathwiseResult", "block_size", "natural_step", "pathwise_c_step",
+__all__ = ["PathwiseResult", "block_size", "multiplier_after", "natural_step", "pathwise_c_step",
            "sampled_objective", "sampled_objective_and_grad", "sampled_objective_jit", "state_second_moment"]
 
 
@@ -319,3 +319,18 @@ def pathwise_c_step(task, controller: LinearGaussianController, moments: Regress
             remaining = 0.25 * np.minimum(remaining, np.asarray(step.kl).sum(-1))
     current = jax.tree.map(lambda a: np.asarray(a, np.float32), current)
     return PathwiseResult(current, eta, kl_total, start, value, start - value, accepted, tried)
+
+
+def multiplier_after(step_multiplier, result: PathwiseResult, *, floor: float = 0.01) -> np.ndarray:
+    """The KL step multiplier for the next C-step, given what this one found on its samples.
+
+    A C-step that kept no step has measured that even a quarter of a quarter of its budget was
+    too much (each rejection quarters the KL tried), and it predicts nothing, so the next
+    iteration's judge (realised vs predicted) cannot shrink the multiplier: left as it was, every
+    later C-step tried the same too-large budget and kept nothing. Here it shrinks by 4 per step
+    tried; a C-step that kept a step leaves the multiplier to the judge.
+    """
+    step_multiplier = np.asarray(step_multiplier, np.float64)
+    if result.steps_accepted:
+        return step_multiplier
+    return np.maximum(step_multiplier * 0.25 ** result.steps_tried, floor)

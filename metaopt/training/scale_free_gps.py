@@ -20,7 +20,7 @@ on matching state:
   BADMM shift λ·V/ν) at the tracked coordinates' features, by Adam on minibatches: π has no
   recurrent state (its memory is in the features), so no BPTT is needed.
 * **Coupling**: π's linearisation per (g, t) by least squares on the same features, ν = ``
-  initial_penalty``·η (in the cost's units), λ ← λ + α·ν·V⁻¹·E[u_π − u_ψ].
+  initial_penalty``·η of the first C-step (in the cost's units), λ ← λ + α·ν·V⁻¹·E[u_π − u_ψ].
 
 Every iteration logs the controllers' J, π's J on the same minibatches (the imitation gap), the
 predicted and realised fall of J, and π's final f and area on the tuning seeds; the θ with the
@@ -373,7 +373,11 @@ def gps_iteration(config: ScaleFreeGPSConfig, task, tracked, state: ScaleFreeGPS
         theta = _host(theta)
         entry["s_step_loss_after"] = float(s_step_loss(theta, x[probe], y[probe], w[probe]))
         if config.coupling and np.all(np.isfinite(eta)):
-            penalty = np.broadcast_to(config.initial_penalty * eta[:, None], variance.shape)
+            # ν is set once, from the η of the first (uncoupled) C-step, which spent its KL
+            # budget: a coupled step that stops short of the budget reports a vanishing η, and
+            # ν = 0.01·that (re-set every iteration) let the next steps run away, all rejected.
+            penalty = (np.asarray(duals.penalty, np.float64) if coupled else
+                       np.broadcast_to(config.initial_penalty * eta[:, None], variance.shape))
             gap_w = np.broadcast_to(np.asarray(tracked.mask)[None, :, :, None],
                                     data.observations.shape[:-1])
             gap = np.asarray(mlp_policy_steps(theta, data.observations, 1.0)
@@ -394,6 +398,7 @@ def gps_iteration(config: ScaleFreeGPSConfig, task, tracked, state: ScaleFreeGPS
         step_cap=config.kl_step * config.kl_step_cap, ridge=config.pathwise_ridge,
         objective_and_grad=lambda c: sampled_objective_and_grad(task, c, init_key, sample_keys))
     eta = np.where(np.isfinite(result.eta), result.eta, eta)
+    next_multiplier = pathwise.multiplier_after(multiplier, result)
 
     policy_j = float(policy_objective(task, theta, init_key, sample_keys,
                                       horizon=config.horizon))
@@ -413,7 +418,7 @@ def gps_iteration(config: ScaleFreeGPSConfig, task, tracked, state: ScaleFreeGPS
     }
     new_state = _host(ScaleFreeGPSState(
         iteration=np.int32(iteration + 1), controller=result.controller, eta=eta,
-        step_multiplier=multiplier, duals=duals, theta=theta, previous=state.controller,
+        step_multiplier=next_multiplier, duals=duals, theta=theta, previous=state.controller,
         predicted=np.float32(result.predicted_improvement if result.steps_accepted else np.nan),
         best_theta=best_theta, best_score=np.float32(best_score)))
     return new_state, entry

@@ -177,3 +177,12 @@ def test_a_rejected_coupled_step_is_retried_smaller(sampled):
                                       duals=duals, num_steps=4, objective_and_grad=near_only)
     assert result.steps_accepted >= 1
     assert 0 < distance(result.controller) < reach / 3
+
+
+def test_a_c_step_that_kept_nothing_shrinks_the_next_budget():
+    """Without it a too-large multiplier was never corrected (nothing kept, nothing to judge)."""
+    kept = pathwise.PathwiseResult(None, None, None, 1.0, 0.9, 0.1, 1, 3)
+    none = pathwise.PathwiseResult(None, None, None, 1.0, 1.0, 0.0, 0, 3)
+    np.testing.assert_array_equal(pathwise.multiplier_after(np.array([5.0, 2.0]), kept), [5, 2])
+    np.testing.assert_allclose(pathwise.multiplier_after(np.array([5.0, 2.0]), none),
+                               [5 / 64, 0.01])
