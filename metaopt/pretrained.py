@@ -31,7 +31,7 @@ from metaopt.serialization import load
 POLICY_FILE = "policy.metaopt"
 INFO_FILE = "policy.json"
 L2L_FILE = "l2l.metaopt"   # the L2L baseline (Andrychowicz et al. 2016): experiments/train_l2l.py
-# The default of metaopt.learned_opt(): the scale-free MLP policy (experiments/train_scale_free.py).
+# The default of metaopt.learned_opt(): the scale-free MLP policy, GPS-trained by `make train`.
 SCALE_FREE_FILE = "scale_free.metaopt"
 SCALE_FREE_INFO_FILE = "scale_free.json"
 
@@ -72,8 +72,8 @@ def pretrained(path: str | os.PathLike | None = None) -> Theta:
       metaopt.PolicyFileError: the file is not a readable policy of this format version.
     """
     return _load_file(path, pretrained_path(), load, (
-        "pretrained policy at {path}. Meta-train one with `make train` (or `metaopt train "
-        f"--config paper --out results/train`) and copy results/train/{POLICY_FILE} there, "
+        "pretrained policy at {path}. Meta-train one with `make train-paper` (or `metaopt "
+        f"train --config paper --out results/train`) and copy results/train/{POLICY_FILE} there, "
         "or load your own file with metaopt.load(path)."))
 
 
@@ -84,16 +84,16 @@ def scale_free_path() -> str:
 
 def scale_free(path: str | os.PathLike | None = None) -> Theta:
     """Loads the shipped scale-free MLP policy, the default of ``metaopt.learned_opt()`` (or the
-    file at ``path``). It was meta-trained by back-propagation through the unrolled training task
-    (``experiments/train_scale_free.py``), not by GPS: ``scale_free_info()`` says how.
+    file at ``path``). It was meta-trained by guided policy search (``make train``,
+    ``metaopt.training.scale_free_gps``): ``scale_free_info()`` says how.
 
     Raises:
       FileNotFoundError: the file is absent, with how to make one.
       metaopt.PolicyFileError: the file is not a readable policy of this format version.
     """
     return _load_file(path, scale_free_path(), load, (
-        "scale-free policy at {path}. Meta-train one with `make train-scale-free` and copy "
-        "results/scale-free-bptt/policy.metaopt there, or load your own file with "
+        "scale-free policy at {path}. Meta-train one with `make train` and copy "
+        "results/scale-free-gps/policy.metaopt there, or load your own file with "
         "metaopt.load(path)."))
 
 

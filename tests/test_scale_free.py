@@ -254,7 +254,9 @@ def test_nonfinite_gradient_skips_that_leaf_only():
 def test_learned_opt_without_theta_uses_the_shipped_scale_free_policy():
     shipped = metaopt.pretrained.scale_free()
     assert mlp_policy_sizes(shipped) == (32,)
-    assert metaopt.pretrained.scale_free_info()["held_out"]["scale_free"]["final_mean"] < 0.37
+    info = metaopt.pretrained.scale_free_info()
+    assert info["held_out"]["scale_free"]["final_mean"] < info["held_out"]["adagrad"]["final_mean"]
+    assert "guided policy search" in info["trained_by"]
     params = _params()
     grads = jax.grad(_loss)(params)
     a = metaopt.learned_opt().update(grads, metaopt.learned_opt().init(params), params, value=1.0)[0]

@@ -430,8 +430,9 @@ def train(config: ScaleFreeGPSConfig, task, out_dir=None, resume: bool = False, 
 
     Returns ``(state, log)``; ``state.best_theta`` is the policy to ship. ``callback(state,
     entry, seconds)`` runs after each iteration's checkpoint (its wall time is kept out of the
-    log, so that a resumed run's log equals an uninterrupted one's). A killed run resumes (``resume=True``) from
-    its last checkpoint bit-for-bit: all randomness derives from (seed, iteration).
+    log, so that a resumed run's log equals an uninterrupted one's). A killed run resumes
+    (``resume=True``) from its last checkpoint bit-for-bit: all randomness derives from
+    (seed, iteration).
     """
     state = init_state(config, task)
     tracked = select_tracked(jax.random.key(config.seed + 4),

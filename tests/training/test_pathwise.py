@@ -184,5 +184,5 @@ def test_a_c_step_that_kept_nothing_shrinks_the_next_budget():
     kept = pathwise.PathwiseResult(None, None, None, 1.0, 0.9, 0.1, 1, 3)
     none = pathwise.PathwiseResult(None, None, None, 1.0, 1.0, 0.0, 0, 3)
     np.testing.assert_array_equal(pathwise.multiplier_after(np.array([5.0, 2.0]), kept), [5, 2])
-    np.testing.assert_allclose(pathwise.multiplier_after(np.array([5.0, 2.0]), none),
-                               [5 / 64, 0.01])
+    np.testing.assert_allclose(pathwise.multiplier_after(np.array([5.0, 0.5]), none),
+                               [5 / 64, 0.01])                     # 0.5/64 is below the floor

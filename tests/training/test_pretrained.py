@@ -42,7 +42,7 @@ def test_pretrained_info_names_the_command():
 
 
 def test_missing_policy_file_says_how_to_make_one(tmp_path):
-    with pytest.raises(FileNotFoundError, match="make train"):
+    with pytest.raises(FileNotFoundError, match="make train-paper"):
         metaopt.pretrained(tmp_path / "absent.metaopt")
     assert pretrained_path().endswith("assets/policy.metaopt")
 

@@ -53,8 +53,8 @@ def _loss(params, scale_w=1.0, loss_scale=1.0):
     return loss_scale * jnp.mean((jnp.tanh(A @ (params["w"] / scale_w) + params["b"]) - Y) ** 2)
 
 
-def _run_controller(ctrl, steps=6, scale_w=1.0, loss_scale=1.0, key=jax.random.key(1)):
-    tx = scale_free_controller(ctrl, key=key)
+def _run_controller(ctrl, steps=6, scale_w=1.0, loss_scale=1.0, seed=1):
+    tx = scale_free_controller(ctrl, key=None if seed is None else jax.random.key(seed))
     params = {"b": jnp.full((), 0.1), "w": scale_w * 0.5 * jax.random.normal(jax.random.key(5),
                                                                              (4,))}
     state, visited = tx.init(params), []
@@ -105,7 +105,7 @@ def test_controllers_are_scale_free(log10_c):
 
 def test_controller_noise_is_common_to_two_controllers_with_one_key():
     ctrl = _random_controller()
-    mean = _run_controller(ctrl, key=None)
+    mean = _run_controller(ctrl, seed=None)
     one, two = _run_controller(ctrl), _run_controller(ctrl)
     shifted = ctrl._replace(bias=np.asarray(ctrl.bias) + 1e-3)
     three = _run_controller(shifted)
