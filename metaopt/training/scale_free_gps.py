@@ -54,6 +54,7 @@ from metaopt.scale_free_controller import (
 from metaopt.scale_free_features import SCALE_FREE_DIM
 from metaopt.scale_free_optimizer import init_scale_free_state, scale_free_update
 from metaopt.training import checkpoint, pathwise
+from metaopt.training.gps_loop import to_host32
 from metaopt.training.l2l_training import make_evaluator
 from metaopt.training.rollout import select_tracked
 
@@ -280,13 +281,6 @@ def policy_linearization(theta, observations, mask, variance, ridge: float
                                     np.asarray(variance, np.float32)[..., None, None])
 
 
-def _host(tree):
-    def convert(a):
-        a = np.asarray(a)
-        return a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a
-    return jax.tree.map(convert, jax.device_get(tree))
-
-
 def condition_key(config: ScaleFreeGPSConfig) -> jax.Array:
     """x_0 of the training condition."""
     return jax.random.key(config.seed + 1)
@@ -301,7 +295,7 @@ def init_state(config: ScaleFreeGPSConfig, task) -> ScaleFreeGPSState:
     theta = init_mlp_policy(jax.random.key(config.seed + 2), hidden_sizes=config.hidden_sizes,
                             init_step_size=min(config.init_step_size, math.exp(-1)))
     shape = (groups, config.horizon)
-    return _host(ScaleFreeGPSState(
+    return to_host32(ScaleFreeGPSState(
         iteration=np.int32(0), controller=controller, eta=np.full(groups, np.nan),
         step_multiplier=np.full(groups, config.initial_step_multiplier),
         duals=BadmmDuals(np.zeros(shape + (1,)), np.zeros(shape)), theta=theta,
@@ -337,7 +331,7 @@ def gps_iteration(config: ScaleFreeGPSConfig, task, tracked, state: ScaleFreeGPS
     predicted = float(state.predicted)
 
     def rolled_back(reason):
-        back = _host(state._replace(
+        back = to_host32(state._replace(
             iteration=np.int32(iteration + 1), controller=state.previous,
             step_multiplier=np.maximum(0.5 * multiplier, 0.01), predicted=np.float32(np.nan)))
         return back, entry | {"rolled_back": reason}
@@ -365,12 +359,12 @@ def gps_iteration(config: ScaleFreeGPSConfig, task, tracked, state: ScaleFreeGPS
     entry["s_step_loss_before"] = entry["s_step_loss_after"] = math.nan
     if iteration > 0:       # fit π to the controllers that drew these samples
         x, y, w = s_step_points(state.controller, data.observations, tracked.mask, duals, coupled)
-        probe = slice(0, min(len(y), 200_000))
+        probe = slice(None, None, max(1, len(y) // 200_000))   # every sample, group, t
         entry["s_step_loss_before"] = float(s_step_loss(theta, x[probe], y[probe], w[probe]))
         theta, _ = fit_policy(theta, x, y, w, s_key, num_steps=config.s_step_iterations,
                               batch_size=config.s_step_batch_size,
                               learning_rate=config.s_step_learning_rate)
-        theta = _host(theta)
+        theta = to_host32(theta)
         entry["s_step_loss_after"] = float(s_step_loss(theta, x[probe], y[probe], w[probe]))
         if config.coupling and np.all(np.isfinite(eta)):
             # ν is set once, from the η of the first (uncoupled) C-step, which spent its KL
@@ -416,7 +410,7 @@ def gps_iteration(config: ScaleFreeGPSConfig, task, tracked, state: ScaleFreeGPS
         "coupled": coupled, "penalty_over_eta": config.initial_penalty if coupled else 0.0,
         "multiplier_abs_mean": float(np.mean(np.abs(np.asarray(duals.multiplier)))),
     }
-    new_state = _host(ScaleFreeGPSState(
+    new_state = to_host32(ScaleFreeGPSState(
         iteration=np.int32(iteration + 1), controller=result.controller, eta=eta,
         step_multiplier=next_multiplier, duals=duals, theta=theta, previous=state.controller,
         predicted=np.float32(result.predicted_improvement if result.steps_accepted else np.nan),
