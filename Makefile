@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train train-tpu train-quick train-l2l train-scale-free train-paper test test-slow experiments bench lint clean
+.PHONY: install train train-tpu train-quick train-l2l train-scale-free train-paper train-family generalization test test-slow experiments bench lint clean
 
 install: $(STAMP)
 
@@ -62,6 +62,19 @@ experiments: install
 train-scale-free: install
 	$(PY) experiments/train_scale_free.py --budget-minutes 25
 	$(PY) experiments/scale_free_suite.py --policy results/scale-free-bptt/policy.metaopt
+
+# Issue 17: GPS over the MNIST family of training conditions (metaopt.training.families), fine-
+# tuning the shipped single-task policy (~35 min, 2 cores), then the generalisation suite: Figs 1-5
+# and held-out nets, baselines tuned on the training objective and on each test task (~40 min).
+# `make train-family RESUME=--resume` continues an interrupted run.
+train-family: install
+	test -f results/baselines/results.json || $(PY) -m metaopt.cli baselines --config paper --out results/baselines
+	$(PY) experiments/train_scale_free_family.py --budget-minutes 35 --out results/scale-free-family $(RESUME)
+	$(MAKE) generalization
+
+generalization: install
+	test -f results/baselines/results.json || $(PY) -m metaopt.cli baselines --config paper --out results/baselines
+	$(PY) experiments/generalization_suite.py --policy results/scale-free-family/policy.metaopt --out results/generalization
 
 # Re-meta-train the L2L baseline (Andrychowicz et al. 2016) into metaopt/assets/l2l.metaopt (~35 min).
 train-l2l: install

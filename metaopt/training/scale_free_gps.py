@@ -60,7 +60,7 @@ from metaopt.training.rollout import select_tracked
 
 __all__ = ["ScaleFreeGPSConfig", "ScaleFreeGPSState", "ScaleFreeRollout", "fit_policy",
            "gps_iteration", "init_state", "policy_linearization", "policy_objective", "rollout",
-           "s_step_points", "sampled_objective", "train"]
+           "run_iterations", "s_step_points", "sampled_objective", "train"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,6 +312,95 @@ def _score(config, task, theta):
     return float(curves[:, -1].mean()), float(curves.mean())
 
 
+def judge_last_c_step(config: ScaleFreeGPSConfig, task, init_key, sample_keys, data,
+                      previous, predicted: float, multiplier):
+    """The realised fall of J of the last C-step on these fresh samples (common random numbers).
+
+    Returns ``(multiplier, entry, rollback_reason)``: the judged KL step multiplier, the log
+    fields, and why the last C-step must be undone (``None``: keep it).
+    """
+    f = np.asarray(data.true_objective)
+    objective = float(f.mean())
+    entry = {"controller_objective": objective, "predicted_improvement": predicted,
+             "realized_improvement": math.nan}
+    multiplier = np.asarray(multiplier, np.float64)
+    if not np.all(np.isfinite(f)) or np.any(f[:, -1] > config.divergence_ratio * f[:, 0]):
+        if not np.isfinite(predicted):
+            raise ValueError("scale-free GPS: the initial controllers diverge on this task; "
+                             "lower ScaleFreeGPSConfig.init_step_size.")
+        return multiplier, entry, "the samples diverged"
+    if np.isfinite(predicted):
+        before = float(sampled_objective_jit(task, previous, init_key, sample_keys))
+        realized = before - objective
+        entry["realized_improvement"] = realized
+        if realized < min(0.0, predicted):
+            return multiplier, entry, (
+                f"the last C-step made fresh samples worse (J {before:.5f} -> {objective:.5f}, "
+                f"predicted {before - predicted:.5f})")
+        multiplier = np.asarray(update_step_multiplier(
+            multiplier, predicted, realized, max_step_multiplier=config.max_step_multiplier),
+            np.float64)
+    return multiplier, entry, None
+
+
+def update_duals(config: ScaleFreeGPSConfig, theta, controller, data, tracked, duals: BadmmDuals,
+                 eta) -> tuple[BadmmDuals, bool]:
+    """BADMM's dual step after an S-step: ``(duals, coupled)`` (ν set once from the first η)."""
+    coupled = bool(np.all(np.asarray(duals.penalty) > 0))
+    eta = np.asarray(eta, np.float64)
+    if not (config.coupling and np.all(np.isfinite(eta))):
+        return duals, coupled
+    variance = np.asarray(controller.covariance[..., 0, 0], np.float64)
+    # ν is set once, from the η of the first (uncoupled) C-step, which spent its KL budget: a
+    # coupled step that stops short of the budget reports a vanishing η, and ν = 0.01·that
+    # (re-set every iteration) let the next steps run away, all rejected.
+    penalty = (np.asarray(duals.penalty, np.float64) if coupled else
+               np.broadcast_to(config.initial_penalty * eta[:, None], variance.shape))
+    gap_w = np.broadcast_to(np.asarray(tracked.mask)[None, :, :, None],
+                            data.observations.shape[:-1])
+    gap = np.asarray(mlp_policy_steps(theta, data.observations, 1.0)
+                     - controller_means(controller, data.observations))
+    gap = (gap * gap_w).sum((0, 2)) / gap_w.sum((0, 2))
+    lam = (np.asarray(duals.multiplier, np.float64)
+           + config.dual_rate * (penalty / variance * gap)[..., None]) if coupled \
+        else np.zeros(variance.shape + (1,))
+    return BadmmDuals(lam, penalty), True
+
+
+def coupled_c_step(config: ScaleFreeGPSConfig, task, controller, data, tracked, init_key,
+                   sample_keys, multiplier, theta, duals: BadmmDuals, coupled: bool, eta):
+    """The pathwise C-step, pulled towards π's linearisation when coupled.
+
+    Returns ``(result, eta, budget, next_multiplier)``.
+    """
+    sizes = np.array([x.size for x in jax.tree.leaves(task.init_params(init_key))], np.float64)
+    variance = np.asarray(controller.covariance[..., 0, 0], np.float64)
+    linearization = (policy_linearization(theta, data.observations, tracked.mask, variance,
+                                          config.linearization_ridge) if coupled else None)
+    budget = np.asarray(multiplier, np.float64) * config.horizon * config.kl_step
+    result = pathwise.pathwise_c_step(
+        task, controller, data.moments, init_key, sample_keys, sizes, budget,
+        state_index=list(CONTROLLER_FEATURES), linearization=linearization,
+        duals=duals if coupled else None, num_steps=config.pathwise_steps,
+        step_cap=config.kl_step * config.kl_step_cap, ridge=config.pathwise_ridge,
+        objective_and_grad=lambda c: sampled_objective_and_grad(task, c, init_key, sample_keys))
+    eta = np.where(np.isfinite(result.eta), result.eta, np.asarray(eta, np.float64))
+    return result, eta, budget, pathwise.multiplier_after(multiplier, result)
+
+
+def c_step_entry(config: ScaleFreeGPSConfig, result, budget, eta, multiplier, coupled, duals
+                 ) -> dict:
+    """The C-step's log fields."""
+    return {
+        "next_predicted_improvement": float(result.predicted_improvement),
+        "pathwise_steps_accepted": int(result.steps_accepted),
+        "kl": [float(k) for k in np.sum(result.kl, -1)], "kl_budget": [float(b) for b in budget],
+        "eta": [float(e) for e in eta], "step_multiplier": [float(m) for m in multiplier],
+        "coupled": coupled, "penalty_over_eta": config.initial_penalty if coupled else 0.0,
+        "multiplier_abs_mean": float(np.mean(np.abs(np.asarray(duals.multiplier)))),
+    }
+
+
 def gps_iteration(config: ScaleFreeGPSConfig, task, tracked, state: ScaleFreeGPSState
                   ) -> tuple[ScaleFreeGPSState, dict]:
     """One iteration (module docs); returns the new state and its log entry."""
@@ -320,79 +409,29 @@ def gps_iteration(config: ScaleFreeGPSConfig, task, tracked, state: ScaleFreeGPS
     sample_key, s_key = jax.random.split(key)
     sample_keys = jax.random.split(sample_key, config.num_samples)
     init_key = condition_key(config)
-    sizes = np.array([x.size for x in jax.tree.leaves(task.init_params(init_key))], np.float64)
-    entry = {"iteration": iteration, "rolled_back": None}
 
     data = rollout(task, state.controller, init_key, sample_keys, jnp.asarray(tracked.index))
-    f = np.asarray(data.true_objective)
-    objective = float(f.mean())
-    entry["controller_objective"] = objective
-    multiplier = np.asarray(state.step_multiplier, np.float64)
-    predicted = float(state.predicted)
-
-    def rolled_back(reason):
-        back = to_host32(state._replace(
+    multiplier, judged, reason = judge_last_c_step(
+        config, task, init_key, sample_keys, data, state.previous, float(state.predicted),
+        state.step_multiplier)
+    entry = {"iteration": iteration, "rolled_back": reason} | judged
+    if reason is not None:
+        return to_host32(state._replace(
             iteration=np.int32(iteration + 1), controller=state.previous,
-            step_multiplier=np.maximum(0.5 * multiplier, 0.01), predicted=np.float32(np.nan)))
-        return back, entry | {"rolled_back": reason}
-
-    if not np.all(np.isfinite(f)) or np.any(f[:, -1] > config.divergence_ratio * f[:, 0]):
-        if not np.isfinite(predicted):
-            raise ValueError("scale-free GPS: the initial controllers diverge on this task; "
-                             "lower ScaleFreeGPSConfig.init_step_size.")
-        return rolled_back("the samples diverged")
-    entry["predicted_improvement"], entry["realized_improvement"] = predicted, math.nan
-    if np.isfinite(predicted):
-        before = float(sampled_objective_jit(task, state.previous, init_key, sample_keys))
-        realized = before - objective
-        entry["realized_improvement"] = realized
-        if realized < min(0.0, predicted):
-            return rolled_back(f"the last C-step made fresh samples worse (J {before:.5f} -> "
-                               f"{objective:.5f}, predicted {before - predicted:.5f})")
-        multiplier = np.asarray(update_step_multiplier(
-            multiplier, predicted, realized, max_step_multiplier=config.max_step_multiplier),
-            np.float64)
+            step_multiplier=np.maximum(0.5 * multiplier, 0.01),
+            predicted=np.float32(np.nan))), entry
 
     theta, duals, eta = state.theta, state.duals, np.asarray(state.eta, np.float64)
-    variance = np.asarray(state.controller.covariance[..., 0, 0], np.float64)
     coupled = bool(np.all(np.asarray(duals.penalty) > 0))
     entry["s_step_loss_before"] = entry["s_step_loss_after"] = math.nan
     if iteration > 0:       # fit π to the controllers that drew these samples
         x, y, w = s_step_points(state.controller, data.observations, tracked.mask, duals, coupled)
-        probe = slice(None, None, max(1, len(y) // 200_000))   # every sample, group, t
-        entry["s_step_loss_before"] = float(s_step_loss(theta, x[probe], y[probe], w[probe]))
-        theta, _ = fit_policy(theta, x, y, w, s_key, num_steps=config.s_step_iterations,
-                              batch_size=config.s_step_batch_size,
-                              learning_rate=config.s_step_learning_rate)
-        theta = to_host32(theta)
-        entry["s_step_loss_after"] = float(s_step_loss(theta, x[probe], y[probe], w[probe]))
-        if config.coupling and np.all(np.isfinite(eta)):
-            # ν is set once, from the η of the first (uncoupled) C-step, which spent its KL
-            # budget: a coupled step that stops short of the budget reports a vanishing η, and
-            # ν = 0.01·that (re-set every iteration) let the next steps run away, all rejected.
-            penalty = (np.asarray(duals.penalty, np.float64) if coupled else
-                       np.broadcast_to(config.initial_penalty * eta[:, None], variance.shape))
-            gap_w = np.broadcast_to(np.asarray(tracked.mask)[None, :, :, None],
-                                    data.observations.shape[:-1])
-            gap = np.asarray(mlp_policy_steps(theta, data.observations, 1.0)
-                             - controller_means(state.controller, data.observations))
-            gap = (gap * gap_w).sum((0, 2)) / gap_w.sum((0, 2))
-            lam = (np.asarray(duals.multiplier, np.float64)
-                   + config.dual_rate * (penalty / variance * gap)[..., None]) if coupled \
-                else np.zeros(variance.shape + (1,))
-            duals, coupled = BadmmDuals(lam, penalty), True
-    linearization = (policy_linearization(theta, data.observations, tracked.mask, variance,
-                                          config.linearization_ridge) if coupled else None)
-
-    budget = multiplier * config.horizon * config.kl_step
-    result = pathwise.pathwise_c_step(
-        task, state.controller, data.moments, init_key, sample_keys, sizes, budget,
-        state_index=list(CONTROLLER_FEATURES), linearization=linearization,
-        duals=duals if coupled else None, num_steps=config.pathwise_steps,
-        step_cap=config.kl_step * config.kl_step_cap, ridge=config.pathwise_ridge,
-        objective_and_grad=lambda c: sampled_objective_and_grad(task, c, init_key, sample_keys))
-    eta = np.where(np.isfinite(result.eta), result.eta, eta)
-    next_multiplier = pathwise.multiplier_after(multiplier, result)
+        theta, losses = s_step(config, theta, x, y, w, s_key)
+        entry["s_step_loss_before"], entry["s_step_loss_after"] = losses
+        duals, coupled = update_duals(config, theta, state.controller, data, tracked, duals, eta)
+    result, eta, budget, next_multiplier = coupled_c_step(
+        config, task, state.controller, data, tracked, init_key, sample_keys, multiplier, theta,
+        duals, coupled, eta)
 
     policy_j = float(policy_objective(task, theta, init_key, sample_keys,
                                       horizon=config.horizon))
@@ -400,22 +439,26 @@ def gps_iteration(config: ScaleFreeGPSConfig, task, tracked, state: ScaleFreeGPS
     best_theta, best_score = state.best_theta, float(state.best_score)
     if final < best_score:
         best_theta, best_score = theta, final
-    entry |= {
-        "policy_objective": policy_j, "imitation_gap": policy_j - objective,
-        "policy_tuning_final": final, "policy_tuning_area": area,
-        "next_predicted_improvement": float(result.predicted_improvement),
-        "pathwise_steps_accepted": int(result.steps_accepted),
-        "kl": [float(k) for k in np.sum(result.kl, -1)], "kl_budget": [float(b) for b in budget],
-        "eta": [float(e) for e in eta], "step_multiplier": [float(m) for m in multiplier],
-        "coupled": coupled, "penalty_over_eta": config.initial_penalty if coupled else 0.0,
-        "multiplier_abs_mean": float(np.mean(np.abs(np.asarray(duals.multiplier)))),
-    }
+    entry |= {"policy_objective": policy_j, "imitation_gap": policy_j - entry[
+        "controller_objective"], "policy_tuning_final": final, "policy_tuning_area": area}
+    entry |= c_step_entry(config, result, budget, eta, multiplier, coupled, duals)
     new_state = to_host32(ScaleFreeGPSState(
         iteration=np.int32(iteration + 1), controller=result.controller, eta=eta,
         step_multiplier=next_multiplier, duals=duals, theta=theta, previous=state.controller,
         predicted=np.float32(result.predicted_improvement if result.steps_accepted else np.nan),
         best_theta=best_theta, best_score=np.float32(best_score)))
     return new_state, entry
+
+
+def s_step(config: ScaleFreeGPSConfig, theta, x, y, w, key):
+    """π fitted to the points; returns ``(θ, (loss before, loss after))`` on a strided probe."""
+    probe = slice(None, None, max(1, len(y) // 200_000))   # every sample, group, t
+    before = float(s_step_loss(theta, x[probe], y[probe], w[probe]))
+    theta, _ = fit_policy(theta, x, y, w, key, num_steps=config.s_step_iterations,
+                          batch_size=config.s_step_batch_size,
+                          learning_rate=config.s_step_learning_rate)
+    theta = to_host32(theta)
+    return theta, (before, float(s_step_loss(theta, x[probe], y[probe], w[probe])))
 
 
 def train(config: ScaleFreeGPSConfig, task, out_dir=None, resume: bool = False, *,
@@ -428,17 +471,27 @@ def train(config: ScaleFreeGPSConfig, task, out_dir=None, resume: bool = False, 
     (``resume=True``) from its last checkpoint bit-for-bit: all randomness derives from
     (seed, iteration).
     """
-    state = init_state(config, task)
     tracked = select_tracked(jax.random.key(config.seed + 4),
                              task.init_params(jax.random.key(0)), config.num_tracked)
+    return run_iterations(init_state(config, task),
+                          lambda state: gps_iteration(config, task, tracked, state),
+                          config.iterations, out_dir, resume, callback=callback,
+                          max_seconds=max_seconds, max_to_keep=max_to_keep)
+
+
+def run_iterations(state, iterate, iterations: int, out_dir=None, resume: bool = False, *,
+                   callback=None, max_seconds: float = math.inf, max_to_keep: int | None = 2):
+    """``state, entry = iterate(state)`` until ``state.iteration == iterations`` or
+    ``max_seconds``, each state and the log checkpointed (Orbax) under ``out_dir``; ``resume``
+    restores the latest checkpoint (shaped like ``state``) first. Returns ``(state, log)``."""
     log: list[dict] = []
     manager = checkpoint.manager(out_dir, max_to_keep=max_to_keep) if out_dir else None
     if manager is not None and resume and manager.latest_step() is not None:
         state, log = checkpoint.restore(manager, state)
     began = time.perf_counter()
-    while int(state.iteration) < config.iterations and time.perf_counter() - began < max_seconds:
+    while int(state.iteration) < iterations and time.perf_counter() - began < max_seconds:
         t0 = time.perf_counter()
-        state, entry = gps_iteration(config, task, tracked, state)
+        state, entry = iterate(state)
         log.append(entry)
         if manager is not None:
             checkpoint.save(manager, state, log)

@@ -1,0 +1,108 @@
+"""The generalisation suite (issue 17): learned policies against baselines tuned two ways.
+
+  .venv/bin/python experiments/generalization_suite.py            # results/generalization
+  .venv/bin/python experiments/generalization_suite.py --tiny --out /tmp/gen   # ~1 min smoke run
+
+Tasks, columns and protocol: ``metaopt.evaluation.generalization``. The policies: the
+family-trained one (``--policy``, from ``experiments/train_scale_free_family.py``) and the
+single-task one it started from (``--single``, the shipped ``scale_free.metaopt``). Writes
+``<out>/table.md`` (README's table), ``table.json`` (every score, tuned setting, the summary,
+commit and machine) and ``curves.png``; the JSON is rewritten after each task.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from metaopt.evaluation import generalization as gen
+from metaopt.evaluation.report import git_commit, machine_description
+from metaopt.learned_optimizer import learned_opt
+from metaopt.serialization import load
+
+FAMILY, SINGLE = "family-trained", "single-task"
+
+
+def plot(rows, path: Path) -> None:
+    """Per task: both policies, the best baseline tuned on training and on the task itself."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = 4
+    fig, axes = plt.subplots(math.ceil(len(rows) / cols), cols,
+                             figsize=(4.2 * cols, 3.1 * math.ceil(len(rows) / cols)),
+                             squeeze=False)
+    for ax, row in zip(axes.flat, rows, strict=False):
+        s = row["scores"]
+        pick = lambda suffix, s=s: min((n for n in s if n.endswith(suffix)),
+                                       key=lambda n: s[n]["final"])
+        for name, style in ((FAMILY, "C3-"), (SINGLE, "C0--"), (pick("(training)"), "C7:"),
+                            (pick("(this task)"), "C2-.")):
+            c = np.asarray(row["curves"][name])
+            x = np.linspace(0, row["num_steps"], c.shape[1])
+            ax.plot(x, c.mean(0), style, lw=1.4, label=name)
+        ax.set_yscale("log")
+        ax.set_title(row["task"], fontsize=7)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=5.5)
+    for ax in list(axes.flat)[len(rows):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--policy", default="results/scale-free-family/policy.metaopt")
+    parser.add_argument("--single", default="metaopt/assets/scale_free.metaopt")
+    parser.add_argument("--out", default="results/generalization")
+    parser.add_argument("--tiny", action="store_true",
+                        help="8-8-10 nets on digits, 20 steps, 2 seeds, 2-point grids")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    family, single = load(args.policy), load(args.single)
+    learned = {FAMILY: lambda: learned_opt(family), SINGLE: lambda: learned_opt(single)}
+    tasks, kwargs = gen.suite_tasks(), {}
+    if args.tiny:
+        tasks = [dataclasses.replace(t, input_dim=8, hidden=(8,) * len(t.hidden), num_steps=20,
+                                     eval_every=10) for t in tasks if t.dataset == "digits"][:2]
+        kwargs = dict(tuning_seeds=(0, 1), eval_seeds=(100, 101), test_grids={
+            n: g[3:5] for n, g in gen.TEST_TUNED_GRIDS.items()})
+    rows = []
+    for spec in tasks:
+        t0 = time.perf_counter()
+        row = gen.evaluate_task(spec, learned, **kwargs)
+        row |= {"num_steps": spec.num_steps, "seconds": round(time.perf_counter() - t0, 1)}
+        rows.append(row)
+        s = row["scores"]
+        print(f"{spec.name}: {FAMILY} {s[FAMILY]['final']:.4f}, {SINGLE} {s[SINGLE]['final']:.4f}"
+              f", adam here {s['adam (this task)']['final']:.4f}, "
+              f"{row['seconds']:.0f} s", flush=True)
+        doc = {"policy": args.policy, "single_task_policy": args.single,
+               "summary": gen.summary_counts(rows, FAMILY),
+               "summary_single_task": gen.summary_counts(rows, SINGLE),
+               "rows": [{k: v for k, v in r.items() if k != "curves"} | {"curves": {
+                   n: np.asarray(c).tolist() for n, c in r["curves"].items()}} for r in rows],
+               "eval_subset": gen.EVAL_SUBSET, "wall_time_s": round(time.perf_counter() - start),
+               "machine": machine_description(), "commit": git_commit()}
+        (out / "table.json").write_text(json.dumps(doc, indent=1, allow_nan=True))
+    table = gen.markdown_table(rows, FAMILY, [SINGLE])
+    (out / "table.md").write_text(table + "\n\n" + json.dumps(doc["summary"]) + "\n")
+    plot(rows, out / "curves.png")
+    print(table)
+    print("family-trained:", doc["summary"])
+    print("single-task:  ", doc["summary_single_task"])
+
+
+if __name__ == "__main__":
+    main()

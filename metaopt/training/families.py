@@ -1,0 +1,67 @@
+"""Training families as configurations (issue 17): named tuples of GPS conditions.
+
+``"paper"`` is the paper's single task (48-48-10 ReLU on MNIST-48, minibatch 64, SPEC §1);
+``"mnist"`` is a family on the same dataset (other projections, widths, depths, activations and
+minibatch sizes), never on a test dataset (digits, Fashion-MNIST). Parameter-scale augmentation
+is not a member: the scale-free policy is invariant to a tensor's scale by construction (a
+hypothesis test in ``tests/test_scale_free.py``), so a rescaled copy of a member would
+be the same condition.
+
+Example::
+
+  conditions = family_conditions("mnist")     # [FamilyCondition(name, task, init_step_size)]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from metaopt.training.scale_free_family import FamilyCondition
+
+__all__ = ["FAMILIES", "FamilyMember", "family_conditions"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyMember:
+    """One condition: ``metaopt.tasks.dataset_task`` arguments, f measured on ``eval_subset``
+    training examples (the cost of every step's f grows with it)."""
+
+    name: str
+    dataset: str = "mnist"
+    input_dim: int = 48
+    hidden: tuple[int, ...] = (48,)
+    activation: str = "relu"
+    batch_size: int = 64
+    projection_seed: int = 0
+    l2: float = 5e-4
+    eval_subset: int = 2000
+    init_step_size: float = 0.05
+
+    def task(self, cache_dir=None):
+        from metaopt.tasks import dataset_task
+
+        return dataset_task(self.dataset, input_dim=self.input_dim, hidden=self.hidden,
+                            batch_size=self.batch_size, activation=self.activation, l2=self.l2,
+                            eval_subset=self.eval_subset, projection_seed=self.projection_seed,
+                            cache_dir=cache_dir)
+
+
+FAMILIES: dict[str, tuple[FamilyMember, ...]] = {
+    "paper": (FamilyMember("48-48-10 relu, minibatch 64", eval_subset=5000),),
+    "mnist": (
+        FamilyMember("48-48-10 relu, minibatch 64"),
+        FamilyMember("48-48-10 relu, minibatch 10, projection 1", batch_size=10,
+                     projection_seed=1),
+        FamilyMember("48-32-32-10 tanh, minibatch 32, projection 2", hidden=(32, 32),
+                     activation="tanh", batch_size=32, projection_seed=2),
+        FamilyMember("48-128-10 relu, minibatch 10, projection 3", hidden=(128,), batch_size=10,
+                     projection_seed=3),
+    ),
+}
+
+
+def family_conditions(name: str, cache_dir=None) -> list[FamilyCondition]:
+    """The GPS conditions of family ``name`` (a key of ``FAMILIES``), their tasks loaded."""
+    if name not in FAMILIES:
+        raise ValueError(f"no training family {name!r}; choose from {', '.join(FAMILIES)}")
+    return [FamilyCondition(m.name, m.task(cache_dir), m.init_step_size) for m in FAMILIES[name]]
