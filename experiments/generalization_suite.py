@@ -7,7 +7,9 @@ Tasks, columns and protocol: ``metaopt.evaluation.generalization``. The policies
 family-trained one (``--policy``, from ``experiments/train_scale_free_family.py``) and the
 single-task one it started from (``--single``, the shipped ``scale_free.metaopt``). Writes
 ``<out>/table.md`` (README's table), ``table.json`` (every score, tuned setting, the summary,
-commit and machine) and ``curves.png``; the JSON is rewritten after each task.
+commit and machine) and ``curves.png``; the JSON is rewritten after each task. The baseline
+columns of an existing ``table.json`` with the same protocol are reused (a new policy costs only
+its own runs); ``--rerun-baselines`` recomputes them.
 """
 
 import argparse
@@ -66,6 +68,8 @@ def main():
     parser.add_argument("--out", default="results/generalization")
     parser.add_argument("--tiny", action="store_true",
                         help="8-8-10 nets on digits, 20 steps, 2 seeds, 2-point grids")
+    parser.add_argument("--rerun-baselines", action="store_true",
+                        help="do not reuse the baseline columns of an existing <out>/table.json")
     args = parser.parse_args()
     start = time.perf_counter()
     out = Path(args.out)
@@ -78,10 +82,13 @@ def main():
                                      eval_every=10) for t in tasks if t.dataset == "digits"][:2]
         kwargs = dict(tuning_seeds=(0, 1), eval_seeds=(100, 101), test_grids={
             n: g[3:5] for n, g in gen.TEST_TUNED_GRIDS.items()})
+    earlier = {}
+    if (out / "table.json").exists() and not args.rerun_baselines:
+        earlier = {r["task"]: r for r in json.loads((out / "table.json").read_text())["rows"]}
     rows = []
     for spec in tasks:
         t0 = time.perf_counter()
-        row = gen.evaluate_task(spec, learned, **kwargs)
+        row = gen.evaluate_task(spec, learned, reuse=earlier.get(spec.name), **kwargs)
         row |= {"num_steps": spec.num_steps, "seconds": round(time.perf_counter() - t0, 1)}
         rows.append(row)
         s = row["scores"]

@@ -1,5 +1,6 @@
 """The generalisation suite: per-task tuning, both baseline columns, scores and the table."""
 
+import json
 import math
 
 import jax
@@ -36,17 +37,19 @@ def test_suite_holds_out_the_training_dataset():
     assert any(t.activation != "relu" for t in gen.HELD_OUT)
 
 
+TRAINED = {"adam": {"learning_rate": 3e-3},
+           "momentum_cosine": {"learning_rate": 0.1, "momentum": 0.9, "decay_steps": 400},
+           "lbfgs": {"max_learning_rate": 1.0}}
+
+
 @pytest.fixture(scope="module")
 def tiny_row():
     x, y = synthetic_classification(jax.random.key(0), 128, 6, 3)
     task = make_mlp_task(x, y, widths=(6, 8, 3), batch_size=16)
     spec = gen.SuiteTask("tiny", "synthetic", num_steps=20, eval_every=10)
     grids = {"adam": [{"learning_rate": lr} for lr in (1e-3, 1e-2, 1e-1)]}
-    trained = {"adam": {"learning_rate": 3e-3},
-               "momentum_cosine": {"learning_rate": 0.1, "momentum": 0.9, "decay_steps": 400},
-               "lbfgs": {"max_learning_rate": 1.0}}
     row = gen.evaluate_task(spec, {"sgd-policy": lambda: optax.sgd(0.1)}, task=task,
-                            training_tuned=trained, test_grids=grids, tuning_seeds=(0, 1),
+                            training_tuned=TRAINED, test_grids=grids, tuning_seeds=(0, 1),
                             eval_seeds=(5, 6))
     return task, grids, row
 
@@ -97,3 +100,24 @@ def test_summary_counts_and_table():
     assert len(table) == 2 + len(rows)
     assert "sgd 0.2 (1.50) / sgd 0.3 (0.67 ✓)" in table[3]      # lost final by 1.5×, won area
     assert table[3].endswith("| 1 |")
+
+
+def test_a_rerun_reuses_the_baseline_columns_of_the_same_protocol(tiny_row, monkeypatch):
+    task, grids, row = tiny_row
+    stored = json.loads(json.dumps({k: v for k, v in row.items() if k != "curves"} | {
+        "curves": {n: np.asarray(c).tolist() for n, c in row["curves"].items()}}))
+    calls = []
+    real = gen.run_grid
+    monkeypatch.setattr(gen, "run_grid", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    kwargs = dict(task=task, training_tuned=TRAINED,
+                  test_grids=grids, tuning_seeds=(0, 1), eval_seeds=(5, 6))
+    spec = gen.SuiteTask("tiny", "synthetic", num_steps=20, eval_every=10)
+    again = gen.evaluate_task(spec, {"other": lambda: optax.sgd(0.05)}, reuse=stored, **kwargs)
+    assert len(calls) == 1                                   # only the new policy ran
+    for name in ("adam (this task)", "adam (training)", "momentum_cosine (training)"):
+        np.testing.assert_allclose(again["curves"][name], row["curves"][name])
+    assert again["hyperparams"] == row["hyperparams"]
+    changed = gen.evaluate_task(spec, {"other": lambda: optax.sgd(0.05)}, reuse=stored,
+                                **(kwargs | {"eval_seeds": (5, 7)}))
+    assert len(calls) > 2                                    # another protocol: rerun
+    assert changed["protocol"]["eval_seeds"] == [5, 7]

@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 
@@ -123,7 +124,7 @@ def evaluate_task(spec: SuiteTask, learned: Mapping[str, Callable], *, task=None
                   training_tuned: Mapping[str, dict] | None = None,
                   test_grids: Mapping[str, list[dict]] = TEST_TUNED_GRIDS,
                   tuning_seeds: Sequence[int] = TUNING_SEEDS,
-                  eval_seeds: Sequence[int] = EVAL_SEEDS) -> dict:
+                  eval_seeds: Sequence[int] = EVAL_SEEDS, reuse: dict | None = None) -> dict:
     """Every optimizer's curves and scores on one test task.
 
     Args:
@@ -131,6 +132,9 @@ def evaluate_task(spec: SuiteTask, learned: Mapping[str, Callable], *, task=None
       training_tuned: baseline → hyperparameters tuned on the training objective (default:
         ``figures.tuned_baselines()``); their cosine horizons are set to ``spec.num_steps``.
       test_grids: baseline → grid tuned on this task over ``tuning_seeds``.
+      reuse: an earlier result of this call (a ``table.json`` row): its baseline columns are kept
+        when its ``protocol`` equals this call's (same task, settings, grids and seeds), so a new
+        policy costs only its own runs.
 
     Returns:
       ``{"task", "source", "curves": {column: (seeds, evals)}, "scores": {column: score_curves},
@@ -142,9 +146,17 @@ def evaluate_task(spec: SuiteTask, learned: Mapping[str, Callable], *, task=None
     training_tuned = {n: hp for n, hp in training_tuned.items()
                       if n in BASELINES and n not in ("lbfgs", "conjugate_gradient")}
     steps = dict(num_steps=spec.num_steps, eval_every=spec.eval_every)
+    protocol = json.loads(json.dumps({
+        "spec": dataclasses.asdict(spec), "training_tuned": training_tuned,
+        "test_grids": test_grids, "tuning_seeds": tuning_seeds, "eval_seeds": eval_seeds}))
     curves, hyperparams, edge = {}, {}, []
     for name, factory in learned.items():
         curves[name] = run_grid(factory, [{}], task, eval_seeds, **steps)[0]
+    if reuse is not None and reuse.get("protocol") == protocol:
+        curves |= {n: np.asarray(c) for n, c in reuse["curves"].items() if n in reuse[
+            "hyperparams"]}
+        hyperparams, edge = dict(reuse["hyperparams"]), list(reuse["at_grid_edge"])
+        training_tuned, test_grids = {}, {}
     for name in {**training_tuned, **test_grids}:
         # One program per baseline: its grid and its training-tuned setting, on the tuning and
         # the held-out seeds together (the choice reads the tuning seeds only).
@@ -166,7 +178,7 @@ def evaluate_task(spec: SuiteTask, learned: Mapping[str, Callable], *, task=None
             if np.isfinite(scores[best]) and grid[best]["learning_rate"] in (rates[0],
                                                                             rates[-1]):
                 edge.append(column)
-    return {"task": spec.name, "source": spec.source, "curves": curves,
+    return {"task": spec.name, "source": spec.source, "protocol": protocol, "curves": curves,
             "scores": {n: score_curves(c) for n, c in curves.items()},
             "hyperparams": hyperparams, "at_grid_edge": edge}
 
