@@ -5,6 +5,7 @@ Example::
   import optax, metaopt
   tx = metaopt.learned_opt(metaopt.pretrained())      # the paper's GPS-trained LSTM
   tx = metaopt.learned_opt()                          # the default: scale_free() below
+  tx = metaopt.learned_opt(metaopt.pretrained.scale_free_family())   # for tasks unlike MNIST-48
   l2l_theta = metaopt.pretrained.pretrained_l2l()    # the shipped L2L baseline
   metaopt.pretrained.pretrained_info()               # how the shipped policy was made
 
@@ -34,10 +35,13 @@ L2L_FILE = "l2l.metaopt"   # the L2L baseline (Andrychowicz et al. 2016): experi
 # The default of metaopt.learned_opt(): the scale-free MLP policy, GPS-trained by `make train`.
 SCALE_FREE_FILE = "scale_free.metaopt"
 SCALE_FREE_INFO_FILE = "scale_free.json"
+# The same policy fine-tuned by GPS over a family of training conditions (`make train-family`).
+SCALE_FREE_FAMILY_FILE = "scale_free_family.metaopt"
+SCALE_FREE_FAMILY_INFO_FILE = "scale_free_family.json"
 
 __all__ = ["L2L_FILE", "POLICY_FILE", "SCALE_FREE_FILE", "pretrained", "pretrained_info",
            "pretrained_l2l", "pretrained_l2l_path", "pretrained_path", "scale_free",
-           "scale_free_info", "scale_free_path"]
+           "scale_free_family", "scale_free_family_info", "scale_free_info", "scale_free_path"]
 
 
 def _asset(name: str) -> str:
@@ -100,6 +104,26 @@ def scale_free(path: str | os.PathLike | None = None) -> Theta:
 def scale_free_info() -> dict[str, Any]:
     """How the shipped scale-free policy was made, from ``scale_free.json``."""
     return _info(SCALE_FREE_INFO_FILE)
+
+
+def scale_free_family(path: str | os.PathLike | None = None) -> Theta:
+    """Loads the scale-free policy fine-tuned over the MNIST family of training conditions (or
+    the file at ``path``): ahead of the single-task ``scale_free()`` on 15 of the 17 tasks of the
+    generalisation suite, behind it on the training task itself (``scale_free_family_info()``).
+
+    Raises:
+      FileNotFoundError: the file is absent, with how to make one.
+      metaopt.PolicyFileError: the file is not a readable policy of this format version.
+    """
+    return _load_file(path, _asset(SCALE_FREE_FAMILY_FILE), load, (
+        "family-trained scale-free policy at {path}. Meta-train one with `make train-family` and "
+        "copy results/scale-free-family/policy.metaopt there, or load your own file with "
+        "metaopt.load(path)."))
+
+
+def scale_free_family_info() -> dict[str, Any]:
+    """How the family-trained policy was made and how it did, from ``scale_free_family.json``."""
+    return _info(SCALE_FREE_FAMILY_INFO_FILE)
 
 
 def pretrained_l2l_path() -> str:

@@ -329,3 +329,19 @@ def test_reports_record_the_commit_outside_the_checkout(tmp_path, monkeypatch):
         pytest.skip("metaopt is not running from a git checkout here")
     monkeypatch.chdir(tmp_path)                # not a repository: the old lookup said "unknown"
     assert re.fullmatch(r"[0-9a-f]{7,}(\+dirty)?", git_commit()), git_commit()
+
+
+def test_the_family_trained_policy_ships_with_its_provenance():
+    family = metaopt.pretrained.scale_free_family()
+    assert mlp_policy_sizes(family) == (32,)
+    info = metaopt.pretrained.scale_free_family_info()
+    assert "family" in info["trained_by"]
+    assert len(info["family"]) >= 3 and all(m["dataset"] == "mnist" for m in info["family"])
+    summary = info["generalization_suite"]["summary"]
+    assert summary["seeds_above_start"] == 0
+    assert summary["beats_test_tuned_adam_final"] >= summary["tasks"] / 2
+    single = metaopt.pretrained.scale_free()
+    assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(family), jax.tree.leaves(single),
+                                              strict=True))
+    with pytest.raises(FileNotFoundError, match="make train-family"):
+        metaopt.pretrained.scale_free_family("/nonexistent/family.metaopt")
