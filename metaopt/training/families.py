@@ -2,7 +2,8 @@
 
 ``"paper"`` is the paper's single task (48-48-10 ReLU on MNIST-48, minibatch 64, SPEC §1);
 ``"mnist"`` is a family on the same dataset (other projections, widths, depths, activations and
-minibatch sizes), never on a test dataset (digits, Fashion-MNIST). Parameter-scale augmentation
+minibatch sizes), never on a test dataset (digits, Fashion-MNIST); ``"mnist-wide"`` adds a member
+with a 100-dimensional projection. Parameter-scale augmentation
 is not a member: the scale-free policy is invariant to a tensor's scale by construction (a
 hypothesis test in ``tests/test_scale_free.py``), so a rescaled copy of a member would
 be the same condition.
@@ -58,6 +59,11 @@ FAMILIES: dict[str, tuple[FamilyMember, ...]] = {
                      projection_seed=3),
     ),
 }
+# "mnist" plus a wider-input member (fan-ins 100 and 128; Fig 4's test nets are 100-200-C).
+FAMILIES["mnist-wide"] = FAMILIES["mnist"] + (
+    FamilyMember("100-128-10 relu, minibatch 10, projection 4", input_dim=100, hidden=(128,),
+                 batch_size=10, projection_seed=4),
+)
 
 
 def family_conditions(name: str, cache_dir=None) -> list[FamilyCondition]:
