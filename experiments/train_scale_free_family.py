@@ -14,7 +14,6 @@ with the lowest geometric mean of final f over the conditions' tuning seeds 0-4 
 """
 
 import argparse
-import ast
 import dataclasses
 import json
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from metaopt.configs import parse_overrides
 from metaopt.evaluation.report import git_commit, machine_description
 from metaopt.serialization import load, save
 from metaopt.training import scale_free_family
@@ -74,17 +74,11 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    fields = {f.name for f in dataclasses.fields(ScaleFreeGPSConfig)}
     overrides = {"num_samples": 6}
-    for item in args.set:
-        name, _, value = item.partition("=")
-        if name not in fields:
-            parser.error(f"--set {item}: no such ScaleFreeGPSConfig field; choose from "
-                         f"{', '.join(sorted(fields))}")
-        try:
-            overrides[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            parser.error(f"--set {item}: the value must be a Python literal (1e-3, True, (32,))")
+    try:
+        overrides |= parse_overrides(args.set, ScaleFreeGPSConfig)
+    except ValueError as err:
+        parser.error(str(err))
     init_theta = None if args.init_policy == "none" else load(args.init_policy)
     if init_theta is not None:
         hidden = sorted(k for k in init_theta if k.startswith("layer_"))

@@ -13,7 +13,6 @@ held-out seeds 100-104.
 """
 
 import argparse
-import ast
 import dataclasses
 import json
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from metaopt.configs import parse_overrides
 from metaopt.evaluation.tuning import seed_keys
 from metaopt.scale_free_controller import relative_momentum_controller, scale_free_controller
 from metaopt.serialization import save
@@ -100,16 +100,10 @@ def main():
         task = make_dataset_task(TrainConfig.paper(), eval_subset=5000)
         base = {}
     overrides = {}
-    fields = {f.name: f for f in dataclasses.fields(scale_free_gps.ScaleFreeGPSConfig)}
-    for item in args.set:
-        name, _, value = item.partition("=")
-        if name not in fields:
-            parser.error(f"--set {item}: no such ScaleFreeGPSConfig field; choose from "
-                         f"{', '.join(fields)}")
-        try:
-            overrides[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            parser.error(f"--set {item}: the value must be a Python literal (1e-3, True, (32,))")
+    try:
+        overrides |= parse_overrides(args.set, scale_free_gps.ScaleFreeGPSConfig)
+    except ValueError as err:
+        parser.error(str(err))
     groups = len(jax.tree.leaves(task.init_params(jax.random.key(0))))
     horizon = base.get("horizon", 400)
     if "init_step_size" in overrides:

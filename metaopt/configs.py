@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 
 from metaopt.optimizers.baselines import BASELINES
@@ -44,3 +45,21 @@ def get_config(name: str) -> BaselineSuiteConfig:
     if name not in CONFIGS:
         raise ValueError(f"unknown config {name!r}; choose one of {sorted(CONFIGS)}.")
     return CONFIGS[name]
+
+
+def parse_overrides(items, config_cls) -> dict:
+    """``["name=literal", ...]`` (the scripts' ``--set``) as field overrides of the dataclass
+    ``config_cls``; ValueError naming the item and the fix."""
+    fields = [f.name for f in dataclasses.fields(config_cls)]
+    overrides = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in fields:
+            raise ValueError(f"--set {item}: no such {config_cls.__name__} field; choose from "
+                             f"{', '.join(fields)}")
+        try:
+            overrides[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"--set {item}: the value must be a Python literal (1e-3, True, "
+                             "(32,))") from None
+    return overrides

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from metaopt.configs import parse_overrides
 from metaopt.mlp_policy import init_mlp_policy, mlp_policy_steps
 from metaopt.tasks import make_mlp_task, synthetic_classification
 from metaopt.training import checkpoint
@@ -131,3 +132,12 @@ def test_family_configs_and_bad_input():
         family_conditions("cifar")
     with pytest.raises(ValueError, match="at least one FamilyCondition"):
         sf.init_family_state(sg.ScaleFreeGPSConfig(), [])
+
+
+def test_set_overrides_of_the_training_scripts():
+    assert parse_overrides(["num_samples=3", "hidden_sizes=(16,)"], sg.ScaleFreeGPSConfig) == {
+        "num_samples": 3, "hidden_sizes": (16,)}
+    with pytest.raises(ValueError, match="no such ScaleFreeGPSConfig field; choose from horizon"):
+        parse_overrides(["samples=3"], sg.ScaleFreeGPSConfig)
+    with pytest.raises(ValueError, match="kl_step=big: the value must be a Python literal"):
+        parse_overrides(["kl_step=big"], sg.ScaleFreeGPSConfig)
