@@ -14,6 +14,7 @@ its own runs); ``--rerun-baselines`` recomputes them.
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -68,6 +69,8 @@ def main():
     parser.add_argument("--out", default="results/generalization")
     parser.add_argument("--tiny", action="store_true",
                         help="8-8-10 nets on digits, 20 steps, 2 seeds, 2-point grids")
+    parser.add_argument("--also", action="append", default=[], metavar="NAME=PATH",
+                        help="another policy file to run beside the two (repeatable)")
     parser.add_argument("--rerun-baselines", action="store_true",
                         help="do not reuse the baseline columns of an existing <out>/table.json")
     args = parser.parse_args()
@@ -76,6 +79,11 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     family, single = load(args.policy), load(args.single)
     learned = {FAMILY: lambda: learned_opt(family), SINGLE: lambda: learned_opt(single)}
+    for item in args.also:
+        name, _, path = item.partition("=")
+        if not name or not path:
+            parser.error(f"--also {item}: give NAME=PATH")
+        learned[name] = functools.partial(learned_opt, load(path))
     tasks, kwargs = gen.suite_tasks(), {}
     if args.tiny:
         tasks = [dataclasses.replace(t, input_dim=8, hidden=(8,) * len(t.hidden), num_steps=20,
@@ -98,12 +106,14 @@ def main():
         doc = {"policy": args.policy, "single_task_policy": args.single,
                "summary": gen.summary_counts(rows, FAMILY),
                "summary_single_task": gen.summary_counts(rows, SINGLE),
+               "summary_others": {n: gen.summary_counts(rows, n) for n in learned
+                                  if n not in (FAMILY, SINGLE)},
                "rows": [{k: v for k, v in r.items() if k != "curves"} | {"curves": {
                    n: np.asarray(c).tolist() for n, c in r["curves"].items()}} for r in rows],
                "eval_subset": gen.EVAL_SUBSET, "wall_time_s": round(time.perf_counter() - start),
                "machine": machine_description(), "commit": git_commit()}
         (out / "table.json").write_text(json.dumps(doc, indent=1, allow_nan=True))
-    table = gen.markdown_table(rows, FAMILY, [SINGLE])
+    table = gen.markdown_table(rows, FAMILY, [n for n in learned if n != FAMILY])
     (out / "table.md").write_text(table + "\n\n" + json.dumps(doc["summary"]) + "\n")
     plot(rows, out / "curves.png")
     print(table)
