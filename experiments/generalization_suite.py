@@ -1,6 +1,6 @@
 """The generalisation suite (issue 17): learned policies against baselines tuned two ways.
 
-  .venv/bin/python experiments/generalization_suite.py            # results/generalization
+  .venv/bin/python experiments/generalization_suite.py            # results/generalization-wide
   .venv/bin/python experiments/generalization_suite.py --tiny --out /tmp/gen   # ~1 min smoke run
 
 Tasks, columns and protocol: ``metaopt.evaluation.generalization``. The policies: the
@@ -64,9 +64,9 @@ def plot(rows, path: Path) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--policy", default="results/scale-free-family/policy.metaopt")
+    parser.add_argument("--policy", default="results/scale-free-family-wide/policy.metaopt")
     parser.add_argument("--single", default="metaopt/assets/scale_free.metaopt")
-    parser.add_argument("--out", default="results/generalization")
+    parser.add_argument("--out", default="results/generalization-wide")
     parser.add_argument("--tiny", action="store_true",
                         help="8-8-10 nets on digits, 20 steps, 2 seeds, 2-point grids")
     parser.add_argument("--also", action="append", default=[], metavar="NAME=PATH",

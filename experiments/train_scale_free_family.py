@@ -1,6 +1,7 @@
 """Meta-train the scale-free policy by GPS over a family of training conditions (issue 17).
 
-  .venv/bin/python experiments/train_scale_free_family.py               # results/scale-free-family
+  .venv/bin/python experiments/train_scale_free_family.py --family mnist-wide \
+      --out results/scale-free-family-wide                               # make train-family
   .venv/bin/python experiments/train_scale_free_family.py --resume      # continue a killed run
   .venv/bin/python experiments/train_scale_free_family.py --init-policy none   # cold start
 
@@ -60,8 +61,8 @@ def plot_log(log, names, path: Path, title: str) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", default="mnist", choices=sorted(FAMILIES))
-    parser.add_argument("--out", default="results/scale-free-family")
+    parser.add_argument("--family", default="mnist-wide", choices=sorted(FAMILIES))
+    parser.add_argument("--out", default="results/scale-free-family-wide")
     parser.add_argument("--init-policy", default=SHIPPED,
                         help="a .metaopt policy to fine-tune, or 'none' for a cold start")
     parser.add_argument("--iterations", type=int, default=40)

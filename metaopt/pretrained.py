@@ -107,9 +107,10 @@ def scale_free_info() -> dict[str, Any]:
 
 
 def scale_free_family(path: str | os.PathLike | None = None) -> Theta:
-    """Loads the scale-free policy fine-tuned over the MNIST family of training conditions (or
-    the file at ``path``): ahead of the single-task ``scale_free()`` on 15 of the 17 tasks of the
-    generalisation suite, behind it on the training task itself (``scale_free_family_info()``).
+    """Loads the scale-free policy fine-tuned over the mnist-wide family of training conditions
+    (or the file at ``path``): ahead of the single-task ``scale_free()`` on 14 of the 17 tasks of
+    the generalisation suite in final f (15 in area), behind it on the training task itself
+    (``scale_free_family_info()``).
 
     Raises:
       FileNotFoundError: the file is absent, with how to make one.
