@@ -19,13 +19,13 @@ its seeds ends above its starting objective.
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from metaopt.evaluation.generalization import score_curves
 from metaopt.evaluation.report import git_commit, machine_description
 from metaopt.evaluation.tuning import run_grid
 from metaopt.learned_optimizer import learned_opt
@@ -40,16 +40,8 @@ NEW, PAPER = "scale_free", "learned_gps"
 SEEDS = (100, 101, 102, 103, 104)
 
 
-def _score(curves):
-    curves = np.asarray(curves, np.float64)
-    final = curves[:, -1]
-    return {"final": float(np.mean(final)) if np.all(np.isfinite(final)) else math.inf,
-            "area": float(np.mean(curves)) if np.all(np.isfinite(curves)) else math.inf,
-            "ends_above_start": int(np.sum(~(final <= curves[:, 0])))}
-
-
 def _row(task_name, curves):
-    scores = {name: _score(c) for name, c in curves.items()}
+    scores = {name: score_curves(c) for name, c in curves.items()}
     others = {n: s for n, s in scores.items() if n not in (NEW, PAPER, "learned_l2l")}
     best_final = min(others, key=lambda n: others[n]["final"])
     best_area = min(others, key=lambda n: others[n]["area"])

@@ -24,6 +24,7 @@ import numpy as np
 
 from metaopt.configs import parse_overrides
 from metaopt.evaluation.report import git_commit, machine_description
+from metaopt.mlp_policy import mlp_policy_sizes
 from metaopt.serialization import load, save
 from metaopt.training import scale_free_family
 from metaopt.training.families import FAMILIES, family_conditions
@@ -82,9 +83,7 @@ def main():
         parser.error(str(err))
     init_theta = None if args.init_policy == "none" else load(args.init_policy)
     if init_theta is not None:
-        hidden = sorted(k for k in init_theta if k.startswith("layer_"))
-        overrides.setdefault("hidden_sizes", tuple(int(np.shape(init_theta[k]["kernel"])[1])
-                                                   for k in hidden))
+        overrides.setdefault("hidden_sizes", mlp_policy_sizes(init_theta))
     config = ScaleFreeGPSConfig(**({"iterations": args.iterations} | overrides))
     conditions = family_conditions(args.family)
     names = [c.name for c in conditions]

@@ -102,7 +102,7 @@ FIGURES: dict[str, FigureSpec] = {
 }
 
 
-def _over_horizon(hyperparams: dict[str, dict], num_steps: int) -> dict[str, dict]:
+def over_horizon(hyperparams: dict[str, dict], num_steps: int) -> dict[str, dict]:
     """Tuned settings with each schedule's horizon set to this task's steps (a practitioner's
     cosine decay spans the run they do; the tuned peak learning rate is kept)."""
     return {name: ({**hp, BASELINES[name].horizon: num_steps} if BASELINES[name].horizon else hp)
@@ -238,7 +238,7 @@ def run_figure(spec: FigureSpec, out_dir: str | Path, *,
         runs |= {name: (BASELINES[name].factory, hp,
                         {"hyperparams": hp, "description": BASELINES[name].description,
                          "tuned_on": "48-48-10 MNIST-48, minibatch 64, 400 steps"})
-                 for name, hp in _over_horizon(hyperparams, spec.num_steps).items()}
+                 for name, hp in over_horizon(hyperparams, spec.num_steps).items()}
         curves, details = {}, {}
         for name, (factory, hp, detail) in runs.items():
             row, curve = earlier.get(name, ({}, None))

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from metaopt.evaluation.figures import FIGURES, tuned_baselines
+from metaopt.evaluation.figures import FIGURES, over_horizon, tuned_baselines
 from metaopt.evaluation.tuning import final_scores, run_grid
 from metaopt.optimizers.baselines import BASELINES
 
@@ -115,11 +115,6 @@ def score_curves(curves) -> dict:
             "ends_above_start": int(np.sum(~(final < curves[:, 0])))}
 
 
-def _with_horizon(name: str, hp: dict, num_steps: int) -> dict:
-    horizon = BASELINES[name].horizon
-    return {**hp, horizon: num_steps} if horizon else dict(hp)
-
-
 def evaluate_task(spec: SuiteTask, learned: Mapping[str, Callable], *, task=None,
                   training_tuned: Mapping[str, dict] | None = None,
                   test_grids: Mapping[str, list[dict]] = TEST_TUNED_GRIDS,
@@ -160,8 +155,9 @@ def evaluate_task(spec: SuiteTask, learned: Mapping[str, Callable], *, task=None
     for name in {**training_tuned, **test_grids}:
         # One program per baseline: its grid and its training-tuned setting, on the tuning and
         # the held-out seeds together (the choice reads the tuning seeds only).
-        grid = [_with_horizon(name, hp, spec.num_steps) for hp in test_grids.get(name, [])]
-        trained = ([_with_horizon(name, training_tuned[name], spec.num_steps)]
+        grid = [over_horizon({name: hp}, spec.num_steps)[name]
+                for hp in test_grids.get(name, [])]
+        trained = ([over_horizon(training_tuned, spec.num_steps)[name]]
                    if name in training_tuned else [])
         seeds = (tuple(tuning_seeds) if grid else ()) + tuple(eval_seeds)
         runs = run_grid(BASELINES[name].factory, grid + trained, task, seeds, **steps)
@@ -205,12 +201,11 @@ def compare(row: dict, policy: str) -> dict:
 
 def summary_counts(rows: Sequence[dict], policy: str) -> dict:
     """How many tasks ``policy`` wins, by criterion (issue 17's 'done when')."""
-    figs = [r for r in rows if r["source"].startswith("fig")]
     cmp = [compare(r, policy) for r in rows]
-    fig_cmp = [compare(r, policy) for r in figs]
+    fig_cmp = [c for c, r in zip(cmp, rows, strict=True) if r["source"].startswith("fig")]
     wins = lambda cs, k: sum(c[k][2] for c in cs)
     return {
-        "tasks": len(rows), "figure_tasks": len(figs),
+        "tasks": len(rows), "figure_tasks": len(fig_cmp),
         "beats_all_training_tuned_final_on_figures": wins(fig_cmp, "training_final"),
         "beats_all_training_tuned_area_on_figures": wins(fig_cmp, "training_area"),
         "beats_test_tuned_adam_final": wins(cmp, "adam_here_final"),

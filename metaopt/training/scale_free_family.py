@@ -179,7 +179,7 @@ def family_iteration(config: ScaleFreeGPSConfig, conditions, trackeds, state: Fa
         entries.append({"name": cond.name, "rolled_back": reason} | judged)
         if reason is not None:
             new_states[c] = cs._replace(controller=cs.previous, predicted=np.float32(np.nan),
-                                        step_multiplier=np.maximum(0.5 * multiplier, 0.01))
+                                        step_multiplier=multiplier)
         else:
             live.append((c, data, multiplier, init_key, sample_keys))
 

@@ -316,8 +316,9 @@ def judge_last_c_step(config: ScaleFreeGPSConfig, task, init_key, sample_keys, d
                       previous, predicted: float, multiplier):
     """The realised fall of J of the last C-step on these fresh samples (common random numbers).
 
-    Returns ``(multiplier, entry, rollback_reason)``: the judged KL step multiplier, the log
-    fields, and why the last C-step must be undone (``None``: keep it).
+    Returns ``(multiplier, entry, rollback_reason)``: the judged KL step multiplier (halved when
+    the step is undone), the log fields, and why the last C-step must be undone (``None``: keep
+    it).
     """
     f = np.asarray(data.true_objective)
     objective = float(f.mean())
@@ -328,13 +329,13 @@ def judge_last_c_step(config: ScaleFreeGPSConfig, task, init_key, sample_keys, d
         if not np.isfinite(predicted):
             raise ValueError("scale-free GPS: the initial controllers diverge on this task; "
                              "lower ScaleFreeGPSConfig.init_step_size.")
-        return multiplier, entry, "the samples diverged"
+        return np.maximum(0.5 * multiplier, 0.01), entry, "the samples diverged"
     if np.isfinite(predicted):
         before = float(sampled_objective_jit(task, previous, init_key, sample_keys))
         realized = before - objective
         entry["realized_improvement"] = realized
         if realized < min(0.0, predicted):
-            return multiplier, entry, (
+            return np.maximum(0.5 * multiplier, 0.01), entry, (
                 f"the last C-step made fresh samples worse (J {before:.5f} -> {objective:.5f}, "
                 f"predicted {before - predicted:.5f})")
         multiplier = np.asarray(update_step_multiplier(
@@ -418,8 +419,7 @@ def gps_iteration(config: ScaleFreeGPSConfig, task, tracked, state: ScaleFreeGPS
     if reason is not None:
         return to_host32(state._replace(
             iteration=np.int32(iteration + 1), controller=state.previous,
-            step_multiplier=np.maximum(0.5 * multiplier, 0.01),
-            predicted=np.float32(np.nan))), entry
+            step_multiplier=multiplier, predicted=np.float32(np.nan))), entry
 
     theta, duals, eta = state.theta, state.duals, np.asarray(state.eta, np.float64)
     coupled = bool(np.all(np.asarray(duals.penalty) > 0))
