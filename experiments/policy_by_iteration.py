@@ -8,8 +8,8 @@ Which iteration the run shipped (``<run>/policy.metaopt``) is read from the run,
 ``metaopt train`` ships the iteration ``select_policy`` chose (lowest mean final f on the
 *tuning* seeds), recorded as ``"chosen"`` in policy.metaopt's metadata and in results.json's
 ``meta.policy``; for runs older than that, the iteration file with the same weights. The
-script marks that iteration, and the one whose weights ``metaopt.pretrained()`` ships if it is
-from this run. Choosing the shipped policy on the numbers printed here would be choosing on test
+script marks that iteration, and the one whose weights ``metaopt.pretrained.paper_lstm()`` ships
+if it is from this run. Choosing the shipped policy on the numbers printed here would be choosing on test
 seeds: this script only shows the trajectory of meta-training.
 
   .venv/bin/python experiments/policy_by_iteration.py results/train
@@ -80,9 +80,9 @@ def shipped_policy(run: str | Path, package_asset: str | Path | None = None) -> 
     if info["iteration"] is not None:
         info["file"] = f"iter_{info['iteration']:03d}.metaopt"
     if package_asset is None:
-        from metaopt.pretrained import pretrained_path
+        from metaopt.pretrained import paper_lstm_path
 
-        package_asset = pretrained_path()
+        package_asset = paper_lstm_path()
     asset = _digest(Path(package_asset)) if Path(package_asset).is_file() else None
     same = [n for n, d in digests.items() if asset is not None and d == asset]
     info["package_asset_iteration"] = _iteration_of(same[-1]) if same else None
@@ -108,7 +108,7 @@ def describe(shipped: dict, eval_seeds) -> str:
                  "recorded no choice (it predates select_policy) and these held-out numbers played no "
                  "part in it.")
     if shipped["package_asset_iteration"] is not None:
-        note += (f" metaopt.pretrained() ships the weights of this run's "
+        note += (f" metaopt.pretrained.paper_lstm() ships the weights of this run's "
                  f"policies/iter_{shipped['package_asset_iteration']:03d}.metaopt.")
     return note
 
@@ -138,7 +138,7 @@ def plot(path, rows: dict[str, dict], baselines: dict[str, float], shipped: dict
     asset = shipped.get("package_asset_iteration")
     if asset in iterations and asset != k:
         ax.axvline(asset, color="tab:purple", lw=1.5, ls=":", gid="package-asset",
-                   label=f"metaopt.pretrained() = iter_{asset:03d}")
+                   label=f"metaopt.pretrained.paper_lstm() = iter_{asset:03d}")
     best = sorted(baselines.items(), key=lambda kv: kv[1])[:4]
     for (name, value), color in zip(best, ("tab:blue", "tab:orange", "tab:green", "tab:cyan"),
                                     strict=False):

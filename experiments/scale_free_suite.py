@@ -30,7 +30,7 @@ from metaopt.evaluation.report import git_commit, machine_description
 from metaopt.evaluation.tuning import run_grid
 from metaopt.learned_optimizer import learned_opt
 from metaopt.optimizers.baselines import BASELINES
-from metaopt.pretrained import pretrained
+from metaopt.pretrained import paper_lstm
 from metaopt.serialization import load
 from metaopt.tasks import dataset_task, least_squares_task
 from metaopt.training.config import TrainConfig
@@ -79,7 +79,7 @@ def main():
     run = lambda factory, hp, task, n, every: run_grid(factory, [hp], task, SEEDS, num_steps=n,
                                                        eval_every=every)[0]
     curves[NEW] = run(new, {}, task, steps[-1], steps[1] - steps[0])
-    curves[PAPER] = run(lambda: learned_opt(pretrained()), {}, task, steps[-1], steps[1] - steps[0])
+    curves[PAPER] = run(lambda: learned_opt(paper_lstm()), {}, task, steps[-1], steps[1] - steps[0])
     rows.append(_row("training task 48-48-10 MNIST-48", curves))
     print(rows[-1]["task"], {n: round(s["final"], 4) for n, s in rows[-1]["scores"].items()})
 
@@ -100,7 +100,7 @@ def main():
     for scale in (1.0, 1e-3, 1e3):
         task = least_squares_task(jax.random.key(0), scale=scale)
         curves = {NEW: run(new, {}, task, 400, 10),
-                  PAPER: run(lambda: learned_opt(pretrained()), {}, task, 400, 10)}
+                  PAPER: run(lambda: learned_opt(paper_lstm()), {}, task, 400, 10)}
         if adam_scale_1 is None:          # tune Adam's rate once, at scale 1, on seeds 0-4
             grid = [{"learning_rate": lr} for lr in (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3)]
             tuned = run_grid(BASELINES["adam"].factory, grid, task, (0, 1, 2, 3, 4), num_steps=400,

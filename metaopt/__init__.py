@@ -3,15 +3,16 @@
 Example::
 
   import optax, metaopt
-  tx = metaopt.learned_opt()    # the shipped scale-free policy; or learned_opt(metaopt.load(path)),
-                                # learned_opt(metaopt.pretrained()) for the paper's GPS LSTM
+  tx = metaopt.learned_opt()    # the shipped policy, metaopt.pretrained(); or learned_opt(
+                                # metaopt.load(path)), learned_opt(metaopt.pretrained.paper_lstm())
+                                # for the paper's GPS-trained LSTM
   state = tx.init(params)
   updates, state = tx.update(grads, state, params, value=loss)
   params = optax.apply_updates(params, updates)
 """
 
 # The module itself, callable (metaopt.pretrained() loads the shipped policy) and with its
-# functions as attributes (metaopt.pretrained.pretrained_l2l(), .pretrained_info(), ...).
+# functions as attributes (metaopt.pretrained.paper_lstm(), .pretrained_l2l(), .pretrained_info(), ...).
 from metaopt import pretrained
 from metaopt.controller import linear_gaussian_controller, momentum_controller
 from metaopt.features import GPS_STATE_DIM

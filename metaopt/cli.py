@@ -348,8 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=_EVAL_EPILOG, formatter_class=_FORMATTER)
     p.add_argument("--policy", default="pretrained",
                    help="a policy file written by metaopt.save (e.g. results/train/policy.metaopt),"
-                        " `pretrained` for the paper's GPS-trained LSTM shipped in the package "
-                        "(default) or `scale-free` for learned_opt()'s shipped default")
+                        " `pretrained` for the shipped policy, learned_opt()'s default (default; "
+                        "`scale-free` is another name for it) or `paper-lstm` for the paper's "
+                        "GPS-trained LSTM shipped in the package")
     p.add_argument("--dataset", type=_dataset, default="mnist",
                    help="mnist, fashion_mnist, digits (offline), cifar10, cifar100 (if TFDS has "
                         "them prepared); default: %(default)s")

@@ -91,8 +91,8 @@ def learned_opt(theta: Theta | None = None, *, learning_rate: optax.ScalarOrSche
     ``theta`` is either the paper's LSTM policy (below) or a scale-free MLP policy
     (:mod:`metaopt.mlp_policy`; then this returns :func:`metaopt.scale_free_optimizer.scale_free_opt`,
     whose step is relative to each leaf's parameter scale); ``None`` loads the shipped scale-free
-    policy (``metaopt.pretrained.scale_free()``; the paper's GPS-trained LSTM is
-    ``metaopt.pretrained()``). ``learning_rate`` multiplies every step (a float, a scalar array,
+    policy (``metaopt.pretrained()``; the paper's GPS-trained LSTM is
+    ``metaopt.pretrained.paper_lstm()``). ``learning_rate`` multiplies every step (a float, a scalar array,
     e.g. through ``optax.inject_hyperparams``, or a schedule of the step count); meta-training
     used 1.
 
@@ -144,9 +144,9 @@ def learned_opt(theta: Theta | None = None, *, learning_rate: optax.ScalarOrSche
       params = optax.apply_updates(params, updates)
     """
     if theta is None:
-        from metaopt.pretrained import scale_free
+        from metaopt.pretrained import pretrained
 
-        theta = scale_free()
+        theta = pretrained()
     if is_mlp_policy(theta):
         return scale_free_opt(theta, learning_rate=learning_rate)
     hidden_size = policy_hidden_size(theta)

@@ -1,20 +1,21 @@
-"""The meta-trained policy shipped inside the package (``metaopt/assets/policy.metaopt``).
+"""The meta-trained policies shipped inside the package (``metaopt/assets/``).
 
 Example::
 
   import optax, metaopt
-  tx = metaopt.learned_opt(metaopt.pretrained())      # the paper's GPS-trained LSTM
-  tx = metaopt.learned_opt()                          # the default: scale_free() below
+  tx = metaopt.learned_opt(metaopt.pretrained())     # the shipped policy: `make train`'s output
+  tx = metaopt.learned_opt()                         # the same (learned_opt()'s default)
   tx = metaopt.learned_opt(metaopt.pretrained.scale_free_family())   # for tasks unlike MNIST-48
-  l2l_theta = metaopt.pretrained.pretrained_l2l()    # the shipped L2L baseline
-  metaopt.pretrained.pretrained_info()               # how the shipped policy was made
+  tx = metaopt.learned_opt(metaopt.pretrained.paper_lstm())  # the paper's LSTM, by the same GPS
+  l2l_theta = metaopt.pretrained.pretrained_l2l()   # the shipped L2L baseline
+  metaopt.pretrained.pretrained_info()              # how the shipped policy was made
 
-``metaopt.pretrained`` is this module, and calling it is calling ``pretrained()``: both
-``metaopt.pretrained(path)`` and ``metaopt.pretrained.pretrained_path()`` work, as does
-``from metaopt.pretrained import pretrained``.
-
-``metaopt/assets/policy.json`` records the command, configuration and training log summary of the
-run that produced the file (``pretrained_info()`` returns it).
+``metaopt.pretrained()`` is the scale-free MLP policy meta-trained by guided policy search on the
+paper's task (``make train``, ``metaopt.training.scale_free_gps``; ``scale_free()`` is another
+name for it). ``metaopt.pretrained`` is this module, and calling it is calling ``pretrained()``:
+``metaopt.pretrained(path)``, ``metaopt.pretrained.pretrained_path()`` and ``from
+metaopt.pretrained import pretrained`` all work. Each policy file has a JSON next to it with the
+command, configuration and results of the run that made it (``*_info()`` returns it).
 """
 
 from __future__ import annotations
@@ -29,19 +30,21 @@ from typing import Any
 from metaopt.policy import Theta
 from metaopt.serialization import load
 
-POLICY_FILE = "policy.metaopt"
-INFO_FILE = "policy.json"
-L2L_FILE = "l2l.metaopt"   # the L2L baseline (Andrychowicz et al. 2016): experiments/train_l2l.py
-# The default of metaopt.learned_opt(): the scale-free MLP policy, GPS-trained by `make train`.
+# metaopt.pretrained() and learned_opt()'s default: the scale-free MLP policy (`make train`).
 SCALE_FREE_FILE = "scale_free.metaopt"
 SCALE_FREE_INFO_FILE = "scale_free.json"
 # The same policy fine-tuned by GPS over a family of training conditions (`make train-family`).
 SCALE_FREE_FAMILY_FILE = "scale_free_family.metaopt"
 SCALE_FREE_FAMILY_INFO_FILE = "scale_free_family.json"
+# The paper's 128-cell LSTM on its features Ψ, by GPS (`make train-paper`).
+PAPER_LSTM_FILE = "paper_lstm.metaopt"
+PAPER_LSTM_INFO_FILE = "paper_lstm.json"
+L2L_FILE = "l2l.metaopt"   # the L2L baseline (Andrychowicz et al. 2016): experiments/train_l2l.py
 
-__all__ = ["L2L_FILE", "POLICY_FILE", "SCALE_FREE_FILE", "pretrained", "pretrained_info",
-           "pretrained_l2l", "pretrained_l2l_path", "pretrained_path", "scale_free",
-           "scale_free_family", "scale_free_family_info", "scale_free_info", "scale_free_path"]
+__all__ = ["L2L_FILE", "PAPER_LSTM_FILE", "SCALE_FREE_FILE", "paper_lstm", "paper_lstm_info",
+           "paper_lstm_path", "pretrained", "pretrained_info", "pretrained_l2l",
+           "pretrained_l2l_path", "pretrained_path", "scale_free", "scale_free_family",
+           "scale_free_family_info", "scale_free_info", "scale_free_path"]
 
 
 def _asset(name: str) -> str:
@@ -64,51 +67,65 @@ def _info(name: str) -> dict[str, Any]:
 
 
 def pretrained_path() -> str:
-    """Where the shipped policy file lives (it may be absent in a source checkout)."""
-    return _asset(POLICY_FILE)
+    """Where the shipped policy (``metaopt.pretrained()``, the scale-free MLP) lives."""
+    return _asset(SCALE_FREE_FILE)
 
 
 def pretrained(path: str | os.PathLike | None = None) -> Theta:
-    """Loads the shipped meta-trained policy (or the policy file at ``path``).
+    """Loads the shipped policy, the default of ``metaopt.learned_opt()`` (or the file at
+    ``path``): the scale-free MLP policy meta-trained by guided policy search on the paper's task
+    (``make train``, ``metaopt.training.scale_free_gps``); ``pretrained_info()`` says how.
 
     Raises:
       FileNotFoundError: the file is absent, with how to make one.
       metaopt.PolicyFileError: the file is not a readable policy of this format version.
     """
     return _load_file(path, pretrained_path(), load, (
-        "pretrained policy at {path}. Meta-train one with `make train-paper` (or `metaopt "
-        f"train --config paper --out results/train`) and copy results/train/{POLICY_FILE} there, "
-        "or load your own file with metaopt.load(path)."))
+        "pretrained policy at {path}. Meta-train one with `make train` and copy "
+        "results/scale-free-gps/policy.metaopt there, or load your own file with "
+        "metaopt.load(path)."))
 
 
-def scale_free_path() -> str:
-    """Where the shipped scale-free MLP policy (``learned_opt()``'s default) lives."""
-    return _asset(SCALE_FREE_FILE)
+def pretrained_info() -> dict[str, Any]:
+    """How the shipped policy was made (command, configuration, results), from
+    ``scale_free.json``."""
+    return _info(SCALE_FREE_INFO_FILE)
 
 
-def scale_free(path: str | os.PathLike | None = None) -> Theta:
-    """Loads the shipped scale-free MLP policy, the default of ``metaopt.learned_opt()`` (or the
-    file at ``path``). It was meta-trained by guided policy search (``make train``,
-    ``metaopt.training.scale_free_gps``): ``scale_free_info()`` says how.
+# The shipped policy by what it is (the names README used before it became pretrained()).
+scale_free = pretrained
+scale_free_path = pretrained_path
+scale_free_info = pretrained_info
+
+
+def paper_lstm_path() -> str:
+    """Where the paper's GPS-trained 128-cell LSTM lives."""
+    return _asset(PAPER_LSTM_FILE)
+
+
+def paper_lstm(path: str | os.PathLike | None = None) -> Theta:
+    """Loads the paper's policy (or the file at ``path``): the 128-cell per-coordinate LSTM on the
+    paper's features Ψ, meta-trained by GPS on the paper's task (``make train-paper``). It ends
+    above ``pretrained()`` on the training task and on every figure task (README, "Results").
 
     Raises:
       FileNotFoundError: the file is absent, with how to make one.
       metaopt.PolicyFileError: the file is not a readable policy of this format version.
     """
-    return _load_file(path, scale_free_path(), load, (
-        "scale-free policy at {path}. Meta-train one with `make train` and copy "
-        "results/scale-free-gps/policy.metaopt there, or load your own file with "
-        "metaopt.load(path)."))
+    return _load_file(path, paper_lstm_path(), load, (
+        "paper LSTM policy at {path}. Meta-train one with `make train-paper` (or `metaopt "
+        "train --config paper --out results/train`) and copy results/train/policy.metaopt "
+        f"there as {PAPER_LSTM_FILE}, or load your own file with metaopt.load(path)."))
 
 
-def scale_free_info() -> dict[str, Any]:
-    """How the shipped scale-free policy was made, from ``scale_free.json``."""
-    return _info(SCALE_FREE_INFO_FILE)
+def paper_lstm_info() -> dict[str, Any]:
+    """How the shipped paper LSTM was made, from ``paper_lstm.json``."""
+    return _info(PAPER_LSTM_INFO_FILE)
 
 
 def scale_free_family(path: str | os.PathLike | None = None) -> Theta:
     """Loads the scale-free policy fine-tuned over the mnist-wide family of training conditions
-    (or the file at ``path``): ahead of the single-task ``scale_free()`` on 14 of the 17 tasks of
+    (or the file at ``path``): ahead of the single-task ``pretrained()`` on 14 of the 17 tasks of
     the generalisation suite in final f (15 in area), behind it on the training task itself
     (``scale_free_family_info()``).
 
@@ -118,7 +135,7 @@ def scale_free_family(path: str | os.PathLike | None = None) -> Theta:
     """
     return _load_file(path, _asset(SCALE_FREE_FAMILY_FILE), load, (
         "family-trained scale-free policy at {path}. Meta-train one with `make train-family` and "
-        "copy results/scale-free-family/policy.metaopt there, or load your own file with "
+        "copy results/scale-free-family-wide/policy.metaopt there, or load your own file with "
         "metaopt.load(path)."))
 
 
@@ -144,11 +161,6 @@ def pretrained_l2l(path: str | os.PathLike | None = None):
     return _load_file(path, pretrained_l2l_path(), load_l2l, (
         "L2L weights at {path}. Meta-train them with `python experiments/train_l2l.py` "
         "(writes metaopt/assets/l2l.metaopt)."))
-
-
-def pretrained_info() -> dict[str, Any]:
-    """How the shipped policy was made (command, configuration, results), from ``policy.json``."""
-    return _info(INFO_FILE)
 
 
 class _CallableModule(types.ModuleType):

@@ -400,6 +400,9 @@ def test_pretrained_is_the_shipped_policy():
     theta, info = eval_command.load_policy("pretrained")
     assert info["path"] == pretrained_path() and len(info["sha256"]) == 64
     jax.tree.map(np.testing.assert_array_equal, theta, metaopt.pretrained())
+    theta, info = eval_command.load_policy("paper-lstm")
+    assert info["path"].endswith("paper_lstm.metaopt")
+    jax.tree.map(np.testing.assert_array_equal, theta, metaopt.pretrained.paper_lstm())
 
 
 def test_out_checks_permission_and_another_jobs_report(capsys, no_work, monkeypatch, tmp_path,

@@ -5,11 +5,21 @@ import runpy
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
+import metaopt
+from metaopt.data.sources import sha256_of_file
 from metaopt.evaluation import figures
-from metaopt.evaluation.figures import FIGURES, GPS, L2L, margin_table, tuned_baselines
+from metaopt.evaluation.figures import (
+    FIGURES,
+    GPS,
+    GPS_LSTM,
+    L2L,
+    margin_table,
+    tuned_baselines,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINES_FILE = ROOT / "results" / "baselines" / "results.json"
@@ -119,10 +129,15 @@ def test_rerun_reuses_matching_curves_only(tmp_path, monkeypatch):
 
 def test_learned_optimizers_shipped_and_missing(tmp_path):
     found, missing = figures.learned_optimizers()
-    assert set(found) == {GPS, L2L} and not missing   # both weight files are committed
-    found, missing = figures.learned_optimizers(l2l_path=str(tmp_path / "none.metaopt"))
+    assert set(found) == {GPS, GPS_LSTM, L2L} and not missing   # the weight files are committed
+    found, missing = figures.learned_optimizers(l2l_path=str(tmp_path / "none.metaopt"),
+                                                lstm_path=str(tmp_path / "none.metaopt"))
     assert set(found) == {GPS}
     assert "experiments/train_l2l.py" in missing[L2L]
+    assert "make train-paper" in missing[GPS_LSTM]
+    theta = metaopt.pretrained()       # GPS is the shipped default policy, not the paper LSTM
+    assert found[GPS].weights_sha256 == sha256_of_file(metaopt.pretrained.pretrained_path())
+    assert jax.tree.leaves(theta)
 
 
 def test_readme_shows_the_committed_figure_numbers():

@@ -323,7 +323,7 @@ def test_policy_by_iteration_reports_the_shipped_iteration(tmp_path, script):
     assert "shipped iteration 2 (policies/iter_002.metaopt)" in note
     assert "select_policy" in note and "tuning seeds" in note
     assert "final iteration" not in note and "last iteration" not in note
-    assert "metaopt.pretrained() ships the weights of this run's policies/iter_001" in note
+    assert "metaopt.pretrained.paper_lstm() ships the weights of this run's policies/iter_001" in note
     # results.json's meta.policy when the file's metadata lacks it
     run = _run_dir(tmp_path / "b", results_chosen="iteration 3", shipped=3)
     shipped = script.shipped_policy(run, package_asset=asset)

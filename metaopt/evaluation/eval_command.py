@@ -40,8 +40,9 @@ from metaopt.evaluation.tuning import DEFAULT_BASELINES_FILE
 from metaopt.optimizers.baselines import BASELINES
 
 LEARNED = "learned_gps"          # the same name as the train job's report
-PRETRAINED = "pretrained"          # the paper's GPS-trained LSTM (metaopt.pretrained())
-SCALE_FREE = "scale-free"          # learned_opt()'s default (metaopt.pretrained.scale_free())
+PRETRAINED = "pretrained"          # the shipped policy, learned_opt()'s default (metaopt.pretrained())
+SCALE_FREE = "scale-free"          # another name for it (metaopt.pretrained.scale_free())
+PAPER_LSTM = "paper-lstm"          # the paper's GPS-trained LSTM (metaopt.pretrained.paper_lstm())
 # What a baselines report's config must share with the eval task for its hyperparameters to count
 # as tuned on this task (the keys the train job checks, plus the horizon).
 _TASK_KEYS = ("dataset", "input_dim", "hidden", "batch_size", "num_steps", "l2", "activation",
@@ -131,22 +132,23 @@ def check_spec(spec: EvalSpec) -> None:
 
 
 def load_policy(source: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
-    """θ from a policy file, or a shipped one (``"pretrained"``: the GPS-trained LSTM,
-    ``"scale-free"``: ``learned_opt()``'s default); and where it came from.
+    """θ from a policy file, or a shipped one (``"pretrained"`` or ``"scale-free"``:
+    ``learned_opt()``'s default, ``"paper-lstm"``: the paper's GPS-trained LSTM); and where it
+    came from.
 
     Raises:
       FileNotFoundError: no such file (with what to pass instead).
       metaopt.PolicyFileError: not a readable policy file.
     """
-    from metaopt.pretrained import pretrained, pretrained_path, scale_free, scale_free_path
+    from metaopt.pretrained import paper_lstm, paper_lstm_path, pretrained, pretrained_path
     from metaopt.serialization import PolicyFileError, load
 
-    if os.fspath(source) == PRETRAINED:
+    if os.fspath(source) in (PRETRAINED, SCALE_FREE):
         path = pretrained_path()
         theta = pretrained()
-    elif os.fspath(source) == SCALE_FREE:
-        path = scale_free_path()
-        theta = scale_free()
+    elif os.fspath(source) == PAPER_LSTM:
+        path = paper_lstm_path()
+        theta = paper_lstm()
     else:
         path = os.fspath(source)
         if os.path.isdir(path):
@@ -378,6 +380,6 @@ def replot_curves(results_json: str | os.PathLike, png: str | os.PathLike) -> Pa
     return Path(png)
 
 
-__all__ = ["DEFAULT_BASELINES_FILE", "LEARNED", "PRETRAINED", "SCALE_FREE", "EvalSpec",
+__all__ = ["DEFAULT_BASELINES_FILE", "LEARNED", "PAPER_LSTM", "PRETRAINED", "SCALE_FREE", "EvalSpec",
            "check_spec", "eval_task", "learned_and_baseline_curves", "load_policy",
            "replot_curves", "resolve_baselines", "run_eval", "verdict_of"]

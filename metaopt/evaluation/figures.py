@@ -7,8 +7,9 @@ and twice the training horizon (Fig 5). The protocol is the paper's:
 * the hand-designed baselines keep the hyperparameters tuned on the *training* objective
   (48-48-10 on MNIST-48, minibatch 64, 400 steps: ``results/baselines/results.json``), exactly as
   the learned optimizers keep the weights meta-trained there;
-* the learned optimizers are the shipped GPS policy (``metaopt.pretrained()``) and the L2L
-  baseline (``metaopt/assets/l2l.metaopt``, Andrychowicz et al. 2016), deterministic;
+* the learned optimizers are the shipped GPS policy (``metaopt.pretrained()``, the scale-free
+  MLP), the paper's LSTM by GPS (``metaopt.pretrained.paper_lstm()``) and the L2L baseline
+  (``metaopt/assets/l2l.metaopt``, Andrychowicz et al. 2016), deterministic;
 * every optimizer runs on the same held-out seeds (initialisation and minibatch order); the
   metric is the true objective (whole training split of the test dataset) vs iteration.
 
@@ -43,9 +44,10 @@ from metaopt.evaluation.tuning import DEFAULT_BASELINES_FILE, read_tuned_baselin
 from metaopt.evaluation.unroll import eval_steps
 from metaopt.optimizers.baselines import BASELINES
 
-GPS = "learned_gps"
+GPS = "learned_gps"            # metaopt.pretrained(): the scale-free MLP policy by GPS
+GPS_LSTM = "learned_gps_lstm"  # metaopt.pretrained.paper_lstm(): the paper's LSTM by GPS
 L2L = "learned_l2l"
-LEARNED = (GPS, L2L)
+LEARNED = (GPS, GPS_LSTM, L2L)
 # The paper's test datasets are TFD, CIFAR-10 and CIFAR-100. Offline we have Fashion-MNIST and
 # sklearn's 8×8 digits; CIFAR runs when TFDS has it prepared and is skipped with its reason if not.
 TEST_DATASETS = ("fashion_mnist", "digits", "cifar10", "cifar100")
@@ -128,19 +130,29 @@ class LearnedOptimizer(NamedTuple):
 
 
 def learned_optimizers(gps_path: str | None = None, l2l_path: str | None = None,
+                       lstm_path: str | None = None,
                        ) -> tuple[dict[str, LearnedOptimizer], dict[str, str]]:
     """The learned optimizers that are available, and why any is missing."""
     from metaopt.learned_optimizer import learned_opt
     from metaopt.optimizers.l2l import l2l_opt
-    from metaopt.pretrained import pretrained, pretrained_l2l, pretrained_l2l_path, pretrained_path
+    from metaopt.pretrained import (
+        paper_lstm,
+        paper_lstm_path,
+        pretrained,
+        pretrained_l2l,
+        pretrained_l2l_path,
+        pretrained_path,
+    )
 
     found, missing = {}, {}
-    try:
-        theta = pretrained(gps_path)
-        found[GPS] = LearnedOptimizer(lambda: learned_opt(theta),
-                                      sha256_of_file(gps_path or pretrained_path()))
-    except FileNotFoundError as err:
-        missing[GPS] = str(err)
+    for name, load, path, default in ((GPS, pretrained, gps_path, pretrained_path),
+                                      (GPS_LSTM, paper_lstm, lstm_path, paper_lstm_path)):
+        try:
+            theta = load(path)
+            found[name] = LearnedOptimizer(lambda theta=theta: learned_opt(theta),
+                                           sha256_of_file(path or default()))
+        except FileNotFoundError as err:
+            missing[name] = str(err)
     try:
         l2l_theta = pretrained_l2l(l2l_path)
         found[L2L] = LearnedOptimizer(lambda: l2l_opt(l2l_theta),
@@ -199,7 +211,8 @@ def _finite_or_inf(x: float) -> float:
 def run_figure(spec: FigureSpec, out_dir: str | Path, *,
                baselines_file: str | Path = DEFAULT_BASELINES_FILE,
                gps_path: str | None = None, l2l_path: str | None = None,
-               reuse: bool = True, progress: Callable[[str], None] = print) -> dict:
+               lstm_path: str | None = None, reuse: bool = True,
+               progress: Callable[[str], None] = print) -> dict:
     """Runs every available optimizer on every available test dataset of ``spec``; writes results.
 
     With ``reuse``, a curve already in ``out_dir/<dataset>/results.json`` for the same spec and
@@ -216,7 +229,7 @@ def run_figure(spec: FigureSpec, out_dir: str | Path, *,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hyperparams = tuned_baselines(baselines_file)
-    learned, missing = learned_optimizers(gps_path, l2l_path)
+    learned, missing = learned_optimizers(gps_path, l2l_path, lstm_path)
     for name, reason in missing.items():
         progress(f"{spec.name}: {name} not available, running without it: {reason}")
     steps = eval_steps(spec.num_steps, spec.eval_every)
@@ -270,12 +283,15 @@ def run_figure(spec: FigureSpec, out_dir: str | Path, *,
            "machine": machine_description(), "commit": git_commit()}
     (out / "table.json").write_text(json.dumps(doc, indent=1, allow_nan=True))
     (out / "table.md").write_text(markdown_summary(doc))
-    plot_figure(out / "figure.png", all_curves, steps, spec, gps_path=gps_path, l2l_path=l2l_path)
+    plot_figure(out / "figure.png", all_curves, steps, spec, gps_path=gps_path, l2l_path=l2l_path,
+                lstm_path=lstm_path)
     return doc
 
 
 _LEARNED_DESCRIPTION = {
-    GPS: "GPS-trained per-coordinate LSTM (metaopt.pretrained), deterministic mean",
+    GPS: "GPS-trained scale-free per-coordinate MLP (metaopt.pretrained), deterministic mean",
+    GPS_LSTM: "the paper's GPS-trained per-coordinate LSTM (metaopt.pretrained.paper_lstm), "
+              "deterministic mean",
     L2L: "Andrychowicz et al. 2016 coordinatewise LSTM, meta-trained by truncated BPTT",
 }
 
@@ -328,11 +344,13 @@ def markdown_summary(doc: dict) -> str:
 def overview_markdown(results_dir: str | Path = "results") -> str:
     """One table over every committed figure (README's Results section is this text, verbatim).
 
-    Rows: figure × dataset; the GPS and L2L optimizers' final f, the best hand-designed baseline's,
-    the GPS optimizer's margins over its best competitor, and whether the paper's claim held.
+    Rows: figure × dataset; the learned optimizers' final f (the shipped GPS policy, the paper's
+    LSTM by GPS, L2L), the best hand-designed baseline's, the shipped policy's margins over its
+    best competitor, and whether the paper's claim held for it.
     """
-    lines = ["| figure | test task | GPS-learned final f | L2L final f | best baseline final f | "
-             "GPS margin final / AUC | claim held |", "|---|---|---|---|---|---|---|"]
+    lines = ["| figure | test task | GPS-learned (shipped) final f | paper LSTM by GPS final f | "
+             "L2L final f | best baseline final f | GPS margin final / AUC | claim held |",
+             "|---|---|---|---|---|---|---|---|"]
     for name in FIGURES:
         path = Path(results_dir) / name / "table.json"
         if not path.is_file():
@@ -353,7 +371,8 @@ def overview_markdown(results_dir: str | Path = "results") -> str:
             margins = "—" if m is None else f"{m['margin_final']:+.4f} / {m['margin_auc']:+.1f}"
             lines.append(
                 f"| {name} | {row['net']} {dataset}, minibatch {spec['batch_size']}, "
-                f"{spec['num_steps']} steps | {cell(GPS)} | {cell(L2L)} | {best} {cell(best)} | "
+                f"{spec['num_steps']} steps | {cell(GPS)} | {cell(GPS_LSTM)} | {cell(L2L)} | "
+                f"{best} {cell(best)} | "
                 f"{margins} | {held} |")
     return "\n".join(lines) + "\n"
 
@@ -366,9 +385,10 @@ def _first_line(message: str, dataset: str) -> str:
 
 
 def plot_figure(path, all_curves: dict[str, dict[str, np.ndarray]], steps, spec: FigureSpec, *,
-                gps_path: str | None = None, l2l_path: str | None = None):
+                gps_path: str | None = None, l2l_path: str | None = None,
+                lstm_path: str | None = None):
     """One panel per dataset, mean over seeds; learned optimizers drawn thick and on top and
-    named by their weights (``gps_path``/``l2l_path`` as given to ``run_figure``; None: the
+    named by their weights (``gps_path``/``lstm_path``/``l2l_path`` as given to ``run_figure``; None: the
     shipped ones); log y on a panel only where its means span a decade. The legend sits below the
     panels (it hides no curve) and the title is wrapped to fit.
 
@@ -385,8 +405,10 @@ def plot_figure(path, all_curves: dict[str, dict[str, np.ndarray]], steps, spec:
     n = len(all_curves)
     fig = new_figure(figsize=(max(5.2 * n, 7.0), 5.4))
     axes = fig.subplots(1, n, squeeze=False)[0]
-    labels = {GPS: f"{GPS} ({'shipped: metaopt.pretrained()' if gps_path is None else Path(gps_path).name})",
-              L2L: f"{L2L} ({'shipped: assets/l2l.metaopt' if l2l_path is None else Path(l2l_path).name})"}
+    shipped = {GPS: (gps_path, "metaopt.pretrained()"),
+               GPS_LSTM: (lstm_path, "pretrained.paper_lstm()"), L2L: (l2l_path, "assets/l2l.metaopt")}
+    labels = {name: f"{name} ({'shipped: ' + where if path is None else Path(path).name})"
+              for name, (path, where) in shipped.items()}
     names = list(dict.fromkeys(name for curves in all_curves.values() for name in curves))
     colors = curve_colors(names, LEARNED)   # one colour per optimizer across the panels
     handles = {}

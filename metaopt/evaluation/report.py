@@ -145,7 +145,8 @@ def learned_policy_label(meta: Mapping[str, Any] | None) -> str | None:
     source = policy.get("source")
     if source:
         shipped = {"pretrained": "metaopt.pretrained()",
-                   "scale-free": "metaopt.pretrained.scale_free()"}
+                   "scale-free": "metaopt.pretrained.scale_free()",
+                   "paper-lstm": "metaopt.pretrained.paper_lstm()"}
         return shipped.get(source) or f"policy {Path(os.fspath(source)).name}"
     return None
 

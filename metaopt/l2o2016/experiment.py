@@ -4,8 +4,8 @@
 MDGPS (:mod:`metaopt.l2o2016.gps`) on the family's training objectives, tunes GD, momentum, CG and
 L-BFGS on the same objectives (fewest divergences, then lowest mean Σ_t f over T = 40 steps), runs
 everything (plus the repo's per-coordinate LSTM meta-trained by the same GPS, ``lstm_gps``, and the
-shipped one, ``metaopt.pretrained()``, untouched) on the 100 test objectives for ``eval_steps``
-steps and writes
+shipped paper LSTM, ``metaopt.pretrained.paper_lstm()``, untouched) on the 100 test objectives for
+``eval_steps`` steps and writes
 
   results.json   config, GPS log, per optimizer: hyperparameters, summary at t = T and at the
                  last step, all test curves
@@ -65,8 +65,9 @@ TINY = dict(train=6, test=8, horizon=10, eval_steps=10)
 
 
 def _pretrained_lstm():
-    from metaopt import learned_opt, pretrained
-    return learned_opt(pretrained())
+    from metaopt import learned_opt
+    from metaopt.pretrained import paper_lstm
+    return learned_opt(paper_lstm())
 
 
 def _head(tree, count: int):
@@ -136,7 +137,7 @@ def run_experiment(family: str, out_dir: str | Path, *, tiny: bool = False, seed
     if with_lstm:
         curves[LSTM] = np.asarray(family_curves(_pretrained_lstm, {}, test, test_keys,
                                                 num_steps=eval_steps), np.float64)
-        details[LSTM] = {"hyperparams": {}, "description": "metaopt.pretrained() per-coordinate "
+        details[LSTM] = {"hyperparams": {}, "description": "metaopt.pretrained.paper_lstm() per-coordinate "
                          "LSTM (meta-trained on MNIST 48-48-10), not retrained"}
     baseline_seconds = time.perf_counter() - t0
 

@@ -122,7 +122,7 @@ class TrainConfig:
         baselines in ``results/baselines``), T = 400, 128-cell LSTM. Initial controller: the
         tuned momentum of ``results/baselines`` (lr 0.3, μ 0.5, best of a 35-point grid over
         5 tuning seeds). Knobs reduced for time are marked in ``PAPER_SETTING``
-        (see ``metaopt/assets/policy.json`` for the values of the shipped run).
+        (see ``metaopt/assets/paper_lstm.json`` for the values of the shipped run).
         """
         return cls(**{**PAPER_SETTING, **overrides})
 

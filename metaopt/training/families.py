@@ -3,10 +3,10 @@
 ``"paper"`` is the paper's single task (48-48-10 ReLU on MNIST-48, minibatch 64, SPEC §1);
 ``"mnist"`` is a family on the same dataset (other projections, widths, depths, activations and
 minibatch sizes), never on a test dataset (digits, Fashion-MNIST); ``"mnist-wide"`` adds a member
-with a 100-dimensional projection. Parameter-scale augmentation
-is not a member: the scale-free policy is invariant to a tensor's scale by construction (a
-hypothesis test in ``tests/test_scale_free.py``), so a rescaled copy of a member would
-be the same condition.
+with a 100-dimensional projection, ``"mnist-wider"`` a 256-wide layer and minibatch 5.
+Parameter-scale augmentation is not a member: the scale-free policy is invariant to a
+tensor's scale by construction (a hypothesis test in ``tests/test_scale_free.py``), so a
+rescaled copy of a member would be the same condition.
 
 Example::
 
@@ -63,6 +63,14 @@ FAMILIES: dict[str, tuple[FamilyMember, ...]] = {
 FAMILIES["mnist-wide"] = FAMILIES["mnist"] + (
     FamilyMember("100-128-10 relu, minibatch 10, projection 4", input_dim=100, hidden=(128,),
                  batch_size=10, projection_seed=4),
+)
+# "mnist-wide" plus a 256-wide layer (fan-in above the test nets' 200) and minibatch 5 (below
+# every figure task's), on three hidden layers: the two regimes where "mnist-wide" loses most.
+FAMILIES["mnist-wider"] = FAMILIES["mnist-wide"] + (
+    FamilyMember("100-256-10 relu, minibatch 10, projection 5", input_dim=100, hidden=(256,),
+                 batch_size=10, projection_seed=5),
+    FamilyMember("64-64-64-10 relu, minibatch 5, projection 6", input_dim=64, hidden=(64, 64),
+                 batch_size=5, projection_seed=6),
 )
 
 
