@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from metaopt.evaluation import report
+from metaopt.evaluation import figures, report
 from metaopt.evaluation.figures import FIGURES, GPS, L2L, plot_figure
 from metaopt.evaluation.report import log_scale_helps, plot_curves, set_iteration_ticks, write_report
 from metaopt.policy import init_policy
@@ -284,6 +284,27 @@ def test_figure_png_panels_labelled_log_only_across_decades(tmp_path):
     _draw(fig)
     assert f"{GPS} (mine.metaopt)" in [t.get_text() for t in fig.legends[0].get_texts()]
     _check_title_and_legends(fig)   # one narrow panel: the long fig5 title is wrapped to fit
+
+
+def test_figure_panel_names_a_diverged_curve_and_keeps_the_others_readable(tmp_path):
+    """A baseline that blows up (f ~ 1e30, or inf) must not flatten the panel: the y range ends
+    at OFF_SCALE x the highest start and the panel names the curves that leave it."""
+    steps = list(range(0, 410, 10))
+    t = np.asarray(steps, np.float64)
+    good = np.stack([2.3 * np.exp(-t / 100) + 0.1] * 2)
+    blown = np.stack([2.3 * np.exp(t / 5)] * 2)
+    curves = {GPS: good, L2L: good * 1.2, "momentum": blown,
+              "adam": np.where(t > 200, np.inf, good * 1.1)}
+    fig = plot_figure(tmp_path / "figure.png", {"digits": curves}, steps, FIGURES["fig4"])
+    _draw(fig)
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    assert high == pytest.approx(figures.OFF_SCALE * 2.4 * 1.2) and low < 0.2   # L2L starts highest
+    texts = [x.get_text() for x in ax.texts]
+    assert texts == ["off scale: momentum, adam"]
+    fig = plot_figure(tmp_path / "calm.png", {"digits": {GPS: good, L2L: good * 1.2}}, steps,
+                      FIGURES["fig4"])
+    assert not fig.axes[0].texts
 
 
 # ---------------------------------------------------------------- experiments/policy_by_iteration

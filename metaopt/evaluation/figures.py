@@ -51,6 +51,7 @@ LEARNED = (GPS, GPS_LSTM, L2L)
 # The paper's test datasets are TFD, CIFAR-10 and CIFAR-100. Offline we have Fashion-MNIST and
 # sklearn's 8×8 digits; CIFAR runs when TFDS has it prepared and is skipped with its reason if not.
 TEST_DATASETS = ("fashion_mnist", "digits", "cifar10", "cifar100")
+OFF_SCALE = 3.0   # figure panels: y stops at this × the highest f(x_0); curves above are named
 
 
 @dataclasses.dataclass(frozen=True)
@@ -423,9 +424,21 @@ def plot_figure(path, all_curves: dict[str, dict[str, np.ndarray]], steps, spec:
                               lw=2.6 if learned else 1.2, ls="-" if learned else "--",
                               zorder=5 if learned else 2)
             handles.setdefault(line.get_label(), line)
-        log = log_scale_helps(*means.values())
+        # A diverging baseline (f ~ 1e30) would flatten every other curve: the y range stops at
+        # OFF_SCALE × the highest starting value and the panel names the curves that leave it.
+        top = OFF_SCALE * max((m[0] for m in means.values() if np.isfinite(m[0])), default=np.nan)
+        off = [n for n, m in means.items()
+               if not np.all(np.isfinite(m)) or (np.isfinite(top) and m.max() > top)]
+        log = log_scale_helps(*(np.minimum(m, top) if np.isfinite(top) else m
+                                for m in means.values()))
         if log:
             ax.set_yscale("log")
+        if off:
+            low = min(np.nanmin(np.where(np.isfinite(m), m, np.nan)) for m in means.values())
+            ax.set_ylim(low * 0.8 if log else low - 0.05 * (top - low), top)
+            ax.text(0.98, 0.98, "off scale: " + ", ".join(off), transform=ax.transAxes,
+                    ha="right", va="top", fontsize=7, wrap=True,
+                    bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
         ax.set_title(f"{dataset}: {spec.net}, minibatch {spec.batch_size}", fontsize=10)
         ax.set_xlabel("iteration t")
         ax.set_ylabel("true objective f(x_t), mean over seeds" + (" (log)" if log else ""))

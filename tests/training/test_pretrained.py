@@ -74,3 +74,16 @@ def test_pretrained_is_exported():
     assert "pretrained" in metaopt.__all__
     theta = metaopt.pretrained()
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(theta))
+
+
+@pytest.mark.parametrize("asset, run", [
+    ("scale_free.metaopt", "results/scale-free-gps/policy.metaopt"),             # make train
+    ("scale_free_family.metaopt", "results/scale-free-family-wide/policy.metaopt"),  # train-family
+])
+def test_shipped_policy_is_the_committed_runs_output(asset, run):
+    """Provenance: each shipped file is byte for byte the policy its committed run chose."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    shipped = Path(metaopt.pretrained.__file__).parent / "assets" / asset
+    assert shipped.read_bytes() == (root / run).read_bytes()
