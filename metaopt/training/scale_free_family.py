@@ -57,7 +57,8 @@ from metaopt.training.scale_free_gps import (
 )
 
 __all__ = ["ConditionState", "FamilyCondition", "FamilyGPSState", "family_iteration",
-           "init_family_state", "policy_controllers", "pool_points", "train_family"]
+           "init_family_state", "policy_controllers", "pool_points", "train_family",
+           "tuning_score"]
 
 
 class FamilyCondition(NamedTuple):
@@ -215,16 +216,26 @@ def family_iteration(config: ScaleFreeGPSConfig, conditions, trackeds, state: Fa
             predicted=np.float32(result.predicted_improvement if result.steps_accepted
                                  else np.nan))
 
-    for cond, e in zip(conditions, entries, strict=True):
-        e["policy_tuning_final"], e["policy_tuning_area"] = _score(config, cond.task, theta)
-    finals = np.array([e["policy_tuning_final"] for e in entries])
-    score = float(np.exp(np.mean(np.log(finals)))) if np.all(np.isfinite(finals)) else math.inf
+    score, per_condition = tuning_score(config, conditions, theta)
+    for e, (final, area) in zip(entries, per_condition, strict=True):
+        e["policy_tuning_final"], e["policy_tuning_area"] = final, area
     best_theta, best_score = state.best_theta, float(state.best_score)
     if score < best_score:
         best_theta, best_score = theta, score
     entry |= {"policy_tuning_score": score, "conditions": entries}
     return to_host32(FamilyGPSState(np.int32(iteration + 1), tuple(new_states), theta,
                                     best_theta, np.float32(best_score))), entry
+
+
+def tuning_score(config: ScaleFreeGPSConfig, conditions, theta
+                 ) -> tuple[float, list[tuple[float, float]]]:
+    """π's selection score: the geometric mean over ``conditions`` of its final f on their
+    tuning seeds (``config.select_seeds``), inf if any run is not finite; and per condition its
+    (final f, area = mean f) there."""
+    per_condition = [_score(config, cond.task, theta) for cond in conditions]
+    finals = np.array([final for final, _ in per_condition])
+    score = float(np.exp(np.mean(np.log(finals)))) if np.all(np.isfinite(finals)) else math.inf
+    return score, per_condition
 
 
 def train_family(config: ScaleFreeGPSConfig, conditions, out_dir=None, resume: bool = False, *,

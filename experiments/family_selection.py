@@ -1,0 +1,58 @@
+"""Choose between family-trained policies on the training side (issue 17), before any test task.
+
+  .venv/bin/python experiments/family_selection.py --family mnist-wider \
+      --policy mnist-wide=results/scale-free-family-wide/policy.metaopt \
+      --policy mnist-wider=results/scale-free-family-wider/policy.metaopt \
+      --out results/scale-free-family-wider/selection.json
+
+Scores every policy as the family GPS selects its own π (``scale_free_family.tuning_score``):
+final f on each condition's tuning seeds 0-4, geometric mean over the conditions. The held-out
+suite (``experiments/generalization_suite.py``) never enters this choice.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from metaopt.evaluation.report import git_commit, machine_description
+from metaopt.serialization import load
+from metaopt.training.families import FAMILIES, family_conditions
+from metaopt.training.scale_free_family import tuning_score
+from metaopt.training.scale_free_gps import ScaleFreeGPSConfig
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="mnist-wider", choices=sorted(FAMILIES))
+    parser.add_argument("--policy", action="append", required=True, metavar="NAME=PATH")
+    parser.add_argument("--out", required=True, help="where to write the JSON")
+    args = parser.parse_args()
+    policies = {}
+    for item in args.policy:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"--policy takes NAME=PATH, got {item!r}")
+        policies[name] = load(path)
+    config = ScaleFreeGPSConfig()
+    conditions = family_conditions(args.family)
+    rows = {}
+    for name, theta in policies.items():
+        score, per_condition = tuning_score(config, conditions, theta)
+        rows[name] = {"score": score, "conditions": {
+            c.name: {"final": final, "area": area}
+            for c, (final, area) in zip(conditions, per_condition, strict=True)}}
+        print(f"{name}: geometric-mean final f {score:.4f} | " + " | ".join(
+            f"{c.name.split(',')[0]} {final:.4f}"
+            for c, (final, _) in zip(conditions, per_condition, strict=True)), flush=True)
+    chosen = min(rows, key=lambda n: rows[n]["score"])
+    print(f"chosen on the tuning seeds: {chosen}")
+    Path(args.out).write_text(json.dumps({
+        "family": args.family, "tuning_seeds": list(config.select_seeds),
+        "policies": {n: p for n, p in (item.split("=", 1) for item in args.policy)},
+        "rows": rows, "chosen": chosen, "commit": git_commit(),
+        "machine": machine_description()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
