@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from metaopt.configs import parse_named_paths
 from metaopt.evaluation.report import git_commit, machine_description
 from metaopt.serialization import load
 from metaopt.training.families import FAMILIES, family_conditions
@@ -28,17 +29,15 @@ def main():
     parser.add_argument("--policy", action="append", required=True, metavar="NAME=PATH")
     parser.add_argument("--out", required=True, help="where to write the JSON")
     args = parser.parse_args()
-    policies = {}
-    for item in args.policy:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            parser.error(f"--policy takes NAME=PATH, got {item!r}")
-        policies[name] = load(path)
+    try:
+        paths = parse_named_paths(args.policy, "--policy")
+    except ValueError as err:
+        parser.error(str(err))
     config = ScaleFreeGPSConfig()
     conditions = family_conditions(args.family)
     rows = {}
-    for name, theta in policies.items():
-        score, per_condition = tuning_score(config, conditions, theta)
+    for name, path in paths.items():
+        score, per_condition = tuning_score(config, conditions, load(path))
         rows[name] = {"score": score, "conditions": {
             c.name: {"final": final, "area": area}
             for c, (final, area) in zip(conditions, per_condition, strict=True)}}
@@ -49,7 +48,7 @@ def main():
     print(f"chosen on the tuning seeds: {chosen}")
     Path(args.out).write_text(json.dumps({
         "family": args.family, "tuning_seeds": list(config.select_seeds),
-        "policies": {n: p for n, p in (item.split("=", 1) for item in args.policy)},
+        "policies": paths,
         "rows": rows, "chosen": chosen, "commit": git_commit(),
         "machine": machine_description()}, indent=1))
 

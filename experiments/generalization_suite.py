@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from metaopt.configs import parse_named_paths
 from metaopt.evaluation import generalization as gen
 from metaopt.evaluation.report import git_commit, machine_description
 from metaopt.learned_optimizer import learned_opt
@@ -79,11 +80,11 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     family, single = load(args.policy), load(args.single)
     learned = {FAMILY: lambda: learned_opt(family), SINGLE: lambda: learned_opt(single)}
-    for item in args.also:
-        name, _, path = item.partition("=")
-        if not name or not path:
-            parser.error(f"--also {item}: give NAME=PATH")
-        learned[name] = functools.partial(learned_opt, load(path))
+    try:
+        also = parse_named_paths(args.also, "--also")
+    except ValueError as err:
+        parser.error(str(err))
+    learned |= {name: functools.partial(learned_opt, load(path)) for name, path in also.items()}
     tasks, kwargs = gen.suite_tasks(), {}
     if args.tiny:
         tasks = [dataclasses.replace(t, input_dim=8, hidden=(8,) * len(t.hidden), num_steps=20,

@@ -47,6 +47,18 @@ def get_config(name: str) -> BaselineSuiteConfig:
     return CONFIGS[name]
 
 
+def parse_named_paths(items, option: str) -> dict[str, str]:
+    """``["NAME=PATH", ...]`` (the scripts' repeatable policy options) as ``{NAME: PATH}``;
+    ValueError naming ``option``, the item and the fix."""
+    named = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"{option} {item!r}: give NAME=PATH")
+        named[name] = path
+    return named
+
+
 def parse_overrides(items, config_cls) -> dict:
     """``["name=literal", ...]`` (the scripts' ``--set``) as field overrides of the dataclass
     ``config_cls``; ValueError naming the item and the fix."""

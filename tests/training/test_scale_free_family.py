@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metaopt.configs import parse_overrides
+from metaopt.configs import parse_named_paths, parse_overrides
 from metaopt.mlp_policy import init_mlp_policy, mlp_policy_steps
 from metaopt.tasks import make_mlp_task, synthetic_classification
 from metaopt.training import checkpoint
@@ -141,3 +141,11 @@ def test_set_overrides_of_the_training_scripts():
         parse_overrides(["samples=3"], sg.ScaleFreeGPSConfig)
     with pytest.raises(ValueError, match="kl_step=big: the value must be a Python literal"):
         parse_overrides(["kl_step=big"], sg.ScaleFreeGPSConfig)
+
+
+def test_named_policy_paths_of_the_scripts():
+    assert parse_named_paths(["wide=a/p.metaopt", "x=b=c"], "--also") == {
+        "wide": "a/p.metaopt", "x": "b=c"}
+    for bad in ("nopath", "=p.metaopt", "name="):
+        with pytest.raises(ValueError, match=f"--policy '{bad}': give NAME=PATH"):
+            parse_named_paths([bad], "--policy")
