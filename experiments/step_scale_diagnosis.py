@@ -7,6 +7,12 @@ For every condition of a training family and every task of the generalisation su
 policy's final f and area with its step multiplied by 1, 0.7 and 0.5, and the two noise
 statistics it could observe along its own run (``metaopt.evaluation.step_scale``). Tuning seeds
 0-4 only: this measures, it selects nothing.
+
+With ``--baselines-table`` (a generalisation suite's ``table.json``), each suite task is also run
+on the held-out seeds 100-104 at the multiplier its tuning seeds chose, and compared with that
+table's baselines: the most a perfect step-scale input could buy this policy. That column is
+tuned on the task (a 3-point grid), so it is fair against the "tuned on this task" columns, and
+an upper bound, not the paper's protocol, against the "tuned on training" ones.
 """
 
 import argparse
@@ -16,20 +22,29 @@ from pathlib import Path
 
 import numpy as np
 
-from metaopt.evaluation.generalization import TUNING_SEEDS, suite_tasks
+from metaopt.evaluation.generalization import (
+    EVAL_SEEDS,
+    TUNING_SEEDS,
+    compare,
+    score_curves,
+    suite_tasks,
+    summary_counts,
+)
 from metaopt.evaluation.report import git_commit, machine_description
 from metaopt.evaluation.step_scale import noise_statistics, step_multiplier_scores
+from metaopt.evaluation.tuning import run_grid
 from metaopt.scale_free_optimizer import scale_free_opt
 from metaopt.serialization import load
 from metaopt.training.families import FAMILIES
 
 MULTIPLIERS = (1.0, 0.7, 0.5)
+TUNED = "step-tuned"    # the policy at its per-task multiplier, in the held-out comparison
 
 
 def _tiny_tasks():
-    from metaopt.tasks import make_mlp_task, synthetic_classification
-
     import jax
+
+    from metaopt.tasks import make_mlp_task, synthetic_classification
 
     x, y = synthetic_classification(jax.random.key(0), 256, 8, 3)
     task = make_mlp_task(x, y, widths=(8, 8, 3), batch_size=8)
@@ -55,6 +70,35 @@ def markdown(rows) -> str:
     return "\n".join(lines) + "\n"
 
 
+def held_out_comparison(rows, table_rows, make) -> tuple[list[dict], str]:
+    """Each suite task at its chosen multiplier on ``EVAL_SEEDS``, against ``table_rows``."""
+    by_task = {r["task"]: r for r in table_rows}
+    compared = []
+    lines = ["| task | multiplier | final / area (held-out seeds) | ×1 final / area | best tuned "
+             "on training: final / area (ratio) | best Adam tuned on this task: final / area "
+             "(ratio) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        base = by_task.get(r["task"])
+        if base is None:
+            continue
+        lr = r["scores"]["best"]
+        curves = run_grid(make, [{"learning_rate": lr}], r["task_object"], EVAL_SEEDS,
+                          num_steps=r["num_steps"], eval_every=r["eval_every"])[0]
+        row = {"task": base["task"], "source": base["source"],
+               "scores": {n: s for n, s in base["scores"].items() if "(" in n}
+               | {TUNED: score_curves(curves), "x1": base["scores"][base["policy"]]}}
+        compared.append(row)
+        c, own, x1 = compare(row, TUNED), row["scores"][TUNED], row["scores"]["x1"]
+        cell = lambda k, c=c: " / ".join(
+            f"{c[f'{k}_{m}'][0].split(' (')[0]} {c[f'{k}_{m}'][1]:.4g} "
+            f"({c[f'{k}_{m}'][3]:.2f}{' ✓' if c[f'{k}_{m}'][2] else ''})"
+            for m in ("final", "area"))
+        lines.append(f"| {row['task']} | {lr:g} | {own['final']:.4g} / {own['area']:.4g} | "
+                     f"{x1['final']:.4g} / {x1['area']:.4g} | {cell('training')} | "
+                     f"{cell('adam_here')} |")
+    return compared, "\n".join(lines) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,6 +107,11 @@ def main():
     parser.add_argument("--family", default="mnist-wider", choices=sorted(FAMILIES))
     parser.add_argument("--out", required=True)
     parser.add_argument("--tiny", action="store_true", help="one synthetic task, 20 steps")
+    parser.add_argument("--baselines-table", default=None,
+                        help="a generalisation suite's table.json whose policy column is this "
+                             "policy (module docs)")
+    parser.add_argument("--table-column", default="family-trained",
+                        help="that table's column of this policy (default: %(default)s)")
     args = parser.parse_args()
     if args.policy is None:
         from metaopt.pretrained import scale_free_family
@@ -80,17 +129,32 @@ def main():
         scores = step_multiplier_scores(make, task, MULTIPLIERS, seeds=seeds,
                                         num_steps=num_steps, eval_every=eval_every)
         noise = noise_statistics(make(1.0), task, seeds=seeds, num_steps=num_steps)
-        rows.append({"task": name, "side": side, "num_steps": num_steps, "scores": scores,
-                     "noise": noise})
+        rows.append({"task": name, "side": side, "num_steps": num_steps,
+                     "eval_every": eval_every, "scores": scores, "noise": noise,
+                     "task_object": task})
         print(f"{name}: best ×{scores['best']:g} "
               f"(final {' / '.join(f'{x:.4f}' for x in scores['final'])}), "
               f"coherence {noise['coherence']:.3f}, |Δf̂/f̂| {noise['objective_change']:.3f}",
               flush=True)
-    table = markdown(rows)
+    table, held_out = markdown(rows), None
+    if args.baselines_table:
+        table_json = json.loads(Path(args.baselines_table).read_text())
+        table_rows = [r | {"policy": args.table_column} for r in table_json["rows"]]
+        compared, held_table = held_out_comparison(rows, table_rows, make)
+        held_out = {"table": args.baselines_table, "summary": summary_counts(compared, TUNED),
+                    "summary_x1": summary_counts(compared, "x1"),
+                    "rows": [{"task": r["task"], "scores": {TUNED: r["scores"][TUNED]}}
+                             for r in compared]}
+        table += (f"\nHeld-out seeds {list(EVAL_SEEDS)}, baselines from "
+                  f"`{args.baselines_table}`:\n\n" + held_table
+                  + f"\nAt the chosen multipliers: {held_out['summary']}\n"
+                  + f"At ×1: {held_out['summary_x1']}\n")
     (out / "table.md").write_text(table)
     (out / "results.json").write_text(json.dumps({
         "policy": policy, "family": args.family, "multipliers": MULTIPLIERS,
-        "seeds": list(seeds), "rows": rows, "wall_time_s": time.time() - start,
+        "seeds": list(seeds), "rows": [{k: v for k, v in r.items() if k != "task_object"}
+                                       for r in rows],
+        "held_out": held_out, "wall_time_s": time.time() - start,
         "commit": git_commit(), "machine": machine_description()}, indent=1))
     wants_smaller = [r["task"] for r in rows if r["scores"]["best"] < 1.0]
     coherence = np.array([r["noise"]["coherence"] for r in rows])

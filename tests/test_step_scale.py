@@ -11,8 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from metaopt.evaluation.step_scale import (noise_statistics, pure_noise_coherence,
-                                           step_multiplier_scores)
+from metaopt.evaluation.step_scale import noise_statistics, step_multiplier_scores
 from metaopt.evaluation.unroll import unroll
 from metaopt.mlp_policy import init_mlp_policy
 from metaopt.scale_free_optimizer import scale_free_opt
@@ -73,11 +72,23 @@ def test_the_diagnosis_script_writes_its_table(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("step_scale_diagnosis", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    monkeypatch.setattr(sys, "argv", ["x", "--tiny", "--out", str(tmp_path)])
+    score = lambda f: {"final": f, "final_se": 0.0, "area": 2 * f, "ends_above_start": 0}
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps({"rows": [{
+        "task": "tiny, minibatch 8", "source": "fig1", "scores": {
+            "mine": score(0.3), "sgd (training)": score(1e-6), "adam (this task)": score(10.0)}}]}))
+    monkeypatch.setattr(sys, "argv", ["x", "--tiny", "--out", str(tmp_path), "--baselines-table",
+                                      str(table), "--table-column", "mine"])
     script.main()
     result = json.loads((tmp_path / "results.json").read_text())
     (row,) = result["rows"]
     assert row["scores"]["multipliers"] == list(script.MULTIPLIERS)
     assert np.all(np.isfinite(row["scores"]["final"]))
     assert 0.0 < row["noise"]["coherence"] <= 1.0
-    assert "| tiny, minibatch 8 | tiny |" in (tmp_path / "table.md").read_text()
+    text = (tmp_path / "table.md").read_text()
+    assert "| tiny, minibatch 8 | tiny |" in text
+    summary = result["held_out"]["summary"]
+    assert summary["beats_all_training_tuned_final_on_figures"] == 0   # SGD's 1e-6 is unbeatable
+    assert summary["beats_test_tuned_adam_final"] == 1                  # Adam's 10 is not
+    assert result["held_out"]["summary_x1"]["beats_test_tuned_adam_final"] == 1
+    assert "| tiny, minibatch 8 | 0.7 |" in text or "| tiny, minibatch 8 | 1 |" in text
