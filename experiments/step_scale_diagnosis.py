@@ -25,7 +25,7 @@ import numpy as np
 from metaopt.evaluation.generalization import (
     EVAL_SEEDS,
     TUNING_SEEDS,
-    compare,
+    markdown_table,
     score_curves,
     suite_tasks,
     summary_counts,
@@ -71,32 +71,23 @@ def markdown(rows) -> str:
 
 
 def held_out_comparison(rows, table_rows, make) -> tuple[list[dict], str]:
-    """Each suite task at its chosen multiplier on ``EVAL_SEEDS``, against ``table_rows``."""
+    """Each suite task at its chosen multiplier on ``EVAL_SEEDS``, against ``table_rows``; the
+    table's own runs stand for ×1. Returns the rows (``TUNED`` beside the table's policy as
+    ``"x1"``) and their table, the suite's columns with the multiplier in the task name."""
     by_task = {r["task"]: r for r in table_rows}
     compared = []
-    lines = ["| task | multiplier | final / area (held-out seeds) | ×1 final / area | best tuned "
-             "on training: final / area (ratio) | best Adam tuned on this task: final / area "
-             "(ratio) |", "|---|---|---|---|---|---|"]
     for r in rows:
         base = by_task.get(r["task"])
         if base is None:
             continue
-        lr = r["scores"]["best"]
-        curves = run_grid(make, [{"learning_rate": lr}], r["task_object"], EVAL_SEEDS,
-                          num_steps=r["num_steps"], eval_every=r["eval_every"])[0]
-        row = {"task": base["task"], "source": base["source"],
-               "scores": {n: s for n, s in base["scores"].items() if "(" in n}
-               | {TUNED: score_curves(curves), "x1": base["scores"][base["policy"]]}}
-        compared.append(row)
-        c, own, x1 = compare(row, TUNED), row["scores"][TUNED], row["scores"]["x1"]
-        cell = lambda k, c=c: " / ".join(
-            f"{c[f'{k}_{m}'][0].split(' (')[0]} {c[f'{k}_{m}'][1]:.4g} "
-            f"({c[f'{k}_{m}'][3]:.2f}{' ✓' if c[f'{k}_{m}'][2] else ''})"
-            for m in ("final", "area"))
-        lines.append(f"| {row['task']} | {lr:g} | {own['final']:.4g} / {own['area']:.4g} | "
-                     f"{x1['final']:.4g} / {x1['area']:.4g} | {cell('training')} | "
-                     f"{cell('adam_here')} |")
-    return compared, "\n".join(lines) + "\n"
+        lr, x1 = r["scores"]["best"], base["scores"][base["policy"]]
+        tuned = x1 if lr == 1.0 else score_curves(run_grid(
+            make, [{"learning_rate": lr}], r["task_object"], EVAL_SEEDS,
+            num_steps=r["num_steps"], eval_every=r["eval_every"])[0])
+        compared.append({"task": f"{base['task']} (×{lr:g})", "source": base["source"],
+                         "scores": {n: s for n, s in base["scores"].items() if "(" in n}
+                         | {TUNED: tuned, "x1": x1}})
+    return compared, markdown_table(compared, TUNED, ["x1"]) + "\n"
 
 
 def main():

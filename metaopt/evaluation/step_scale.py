@@ -55,8 +55,7 @@ def step_multiplier_scores(make: Callable[..., optax.GradientTransformation], ta
     """
     if not multipliers or any(not np.isfinite(c) or c <= 0 for c in multipliers):
         raise ValueError(f"multipliers must be positive finite numbers, got {list(multipliers)}")
-    curves = run_grid(lambda learning_rate: make(learning_rate=learning_rate),
-                      [{"learning_rate": float(c)} for c in multipliers], task, seeds,
+    curves = run_grid(make, [{"learning_rate": float(c)} for c in multipliers], task, seeds,
                       num_steps=num_steps, eval_every=eval_every)
     curves = np.asarray(curves, np.float64)
     finite = np.all(np.isfinite(curves), axis=(1, 2))
@@ -67,26 +66,26 @@ def step_multiplier_scores(make: Callable[..., optax.GradientTransformation], ta
 
 
 def _statistics_run(tx, task, key, num_steps: int, decay: float):
+    # unroll's step (same keys, same extras) plus the gradient EMAs: unroll returns no gradients.
     init_key, data_key = jax.random.split(key)
     params = task.init_params(init_key)
     zeros = lambda tree: jax.tree.map(lambda x: jnp.zeros_like(x, jnp.float32), tree)
     norms = jax.tree.map(lambda _: jnp.zeros((), jnp.float32), params)
-    carry = (params, tx.init(params), zeros(params), norms, jnp.zeros((), jnp.float32))
+    carry = (params, tx.init(params), zeros(params), norms)
 
     def step(carry, step_key):
-        params, opt_state, ema, ema_norm, count = carry
+        params, opt_state, ema, ema_norm = carry
         value_fn = task.minibatch_objective(step_key)
         value, grad = jax.value_and_grad(value_fn)(params)
         updates, opt_state = tx.update(grad, opt_state, params, value=value, grad=grad,
                                        value_fn=value_fn)
-        count = count + 1.0
         ema = jax.tree.map(lambda m, g: decay * m + (1 - decay) * g, ema, grad)
         ema_norm = jax.tree.map(lambda n, g: decay * n + (1 - decay) * jnp.linalg.norm(g),
                                 ema_norm, grad)
         # Both EMAs carry the same bias (1 − β^t), so their ratio needs no correction.
         leaf_coherence = jax.tree.leaves(jax.tree.map(
             lambda m, n: jnp.linalg.norm(m) / jnp.where(n > 0, n, 1.0), ema, ema_norm))
-        return ((optax.apply_updates(params, updates), opt_state, ema, ema_norm, count),
+        return ((optax.apply_updates(params, updates), opt_state, ema, ema_norm),
                 (jnp.stack(leaf_coherence), value))
 
     _, (coherence, values) = jax.lax.scan(step, carry, jax.random.split(data_key, num_steps))
