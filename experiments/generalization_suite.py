@@ -72,6 +72,9 @@ def main():
                         help="8-8-10 nets on digits, 20 steps, 2 seeds, 2-point grids")
     parser.add_argument("--also", action="append", default=[], metavar="NAME=PATH",
                         help="another policy file to run beside the two (repeatable)")
+    parser.add_argument("--fan-in-exponent", type=float, default=0.0, metavar="ALPHA",
+                        help="both policies' fan-in exponent (learned_opt's); when not 0, the "
+                             f"family policy at 0 is run too, as '{FAMILY} (α=0)'")
     parser.add_argument("--rerun-baselines", action="store_true",
                         help="do not reuse the baseline columns of an existing <out>/table.json")
     args = parser.parse_args()
@@ -79,7 +82,11 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     family, single = load(args.policy), load(args.single)
-    learned = {FAMILY: lambda: learned_opt(family), SINGLE: lambda: learned_opt(single)}
+    alpha = args.fan_in_exponent
+    learned = {FAMILY: lambda: learned_opt(family, fan_in_exponent=alpha),
+               SINGLE: lambda: learned_opt(single, fan_in_exponent=alpha)}
+    if alpha != 0:
+        learned[f"{FAMILY} (α=0)"] = lambda: learned_opt(family)
     try:
         also = parse_named_paths(args.also, "--also")
     except ValueError as err:
@@ -105,6 +112,7 @@ def main():
               f", adam here {s['adam (this task)']['final']:.4f}, "
               f"{row['seconds']:.0f} s", flush=True)
         doc = {"policy": args.policy, "single_task_policy": args.single,
+               "fan_in_exponent": alpha,
                "summary": gen.summary_counts(rows, FAMILY),
                "summary_single_task": gen.summary_counts(rows, SINGLE),
                "summary_others": {n: gen.summary_counts(rows, n) for n in learned

@@ -84,8 +84,8 @@ def _observation_limit(theta: Theta) -> jax.Array:
     return _F32_MAX / (4.0 * jnp.maximum(weight, 1.0))
 
 
-def learned_opt(theta: Theta | None = None, *, learning_rate: optax.ScalarOrSchedule = 1.0
-                ) -> optax.GradientTransformationExtraArgs:
+def learned_opt(theta: Theta | None = None, *, learning_rate: optax.ScalarOrSchedule = 1.0,
+                fan_in_exponent: float = 0.0) -> optax.GradientTransformationExtraArgs:
     """The learned optimizer: one policy step per coordinate (SPEC §1, §4).
 
     ``theta`` is either the paper's LSTM policy (below) or a scale-free MLP policy
@@ -105,6 +105,9 @@ def learned_opt(theta: Theta | None = None, *, learning_rate: optax.ScalarOrSche
       theta: policy weights, from :func:`metaopt.policy.init_policy`, :func:`metaopt.load`
         or meta-training; ``None`` for the shipped one.
       learning_rate: multiplier of the policy's step (see above).
+      fan_in_exponent: scale-free MLP policies only: a matrix's steps times
+        (48 / fan-in)^α (:func:`metaopt.scale_free_optimizer.fan_in_factor`); 0 (default) is
+        what meta-training used.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. ``update(grads, state, params, *, value)``
@@ -148,7 +151,11 @@ def learned_opt(theta: Theta | None = None, *, learning_rate: optax.ScalarOrSche
 
         theta = pretrained()
     if is_mlp_policy(theta):
-        return scale_free_opt(theta, learning_rate=learning_rate)
+        return scale_free_opt(theta, learning_rate=learning_rate,
+                              fan_in_exponent=fan_in_exponent)
+    if fan_in_exponent != 0:
+        raise ValueError("learned_opt: fan_in_exponent applies to scale-free MLP policies; the "
+                         "paper's LSTM policy steps in absolute units. Leave it at 0.")
     hidden_size = policy_hidden_size(theta)
     check_finite_weights(theta, fix="Load an intact policy (metaopt.load) or the one shipped "
                                     "(metaopt.pretrained()).")

@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -30,8 +31,13 @@ from metaopt import scale_free_features as sff
 from metaopt.mlp_policy import Theta, mlp_policy_sizes, mlp_policy_steps
 from metaopt.optimizers.guards import check_finite_weights, check_float_leaves, scalar_objective
 
-__all__ = ["ScaleFreeOptState", "init_scale_free_state", "learning_rate_at", "parameter_scales",
-           "scale_free_opt", "scale_free_update"]
+__all__ = ["REFERENCE_FAN_IN", "ScaleFreeOptState", "fan_in", "fan_in_factor",
+           "init_scale_free_state", "learning_rate_at", "parameter_scales", "scale_free_opt",
+           "scale_free_update"]
+
+
+# The fan-in of every matrix of the paper's training net (48-48-10), where the fan-in factor is 1.
+REFERENCE_FAN_IN = 48
 
 
 class ScaleFreeOptState(NamedTuple):
@@ -63,8 +69,23 @@ def _rms(x) -> jax.Array:
     return jnp.sqrt(jnp.mean(x * x)) if x.size else jnp.zeros((), jnp.float32)
 
 
-def parameter_scales(params):
-    """σ per leaf (module docs): its initial RMS, else the RMS of all parameters, else 1."""
+def fan_in(shape) -> int:
+    """A leaf's fan-in: the product of all but its last dimension (a Dense kernel ``(in, out)``,
+    a convolution kernel ``(h, w, in, out)``); 1 for a vector or scalar."""
+    return math.prod(shape[:-1]) if len(shape) >= 2 else 1
+
+
+def fan_in_factor(shape, fan_in_exponent: float) -> float:
+    """(``REFERENCE_FAN_IN`` / fan-in)^``fan_in_exponent`` for a matrix, 1 for a vector or
+    scalar (and for an exponent of 0)."""
+    if fan_in_exponent == 0 or len(shape) < 2 or fan_in(shape) == 0:
+        return 1.0
+    return float((REFERENCE_FAN_IN / fan_in(shape)) ** fan_in_exponent)
+
+
+def parameter_scales(params, *, fan_in_exponent: float = 0.0):
+    """σ per leaf (module docs): its initial RMS, else the RMS of all parameters, else 1; a
+    matrix's σ times :func:`fan_in_factor` (1 at the default exponent 0)."""
     leaves = jax.tree.leaves(params)
     total = sum(jnp.sum(jnp.square(jnp.asarray(x, jnp.float32))) for x in leaves)
     size = sum(x.size for x in leaves)
@@ -73,7 +94,7 @@ def parameter_scales(params):
 
     def scale(x):
         rms = _rms(x)
-        return jnp.where(rms > 0, rms, overall)
+        return jnp.where(rms > 0, rms, overall) * fan_in_factor(jnp.shape(x), fan_in_exponent)
 
     return jax.tree.map(scale, params)
 
@@ -84,15 +105,31 @@ def learning_rate_at(learning_rate, count) -> jax.Array:
     return jnp.asarray(value, jnp.float32)
 
 
-def init_scale_free_state(params, *, owner: str = "learned_opt") -> ScaleFreeOptState:
+def check_fan_in_exponent(fan_in_exponent, *, owner: str = "learned_opt") -> float:
+    """``fan_in_exponent`` as a float in [0, 1]; ValueError naming the problem otherwise."""
+    try:
+        value = float(fan_in_exponent)
+    except (TypeError, ValueError):
+        raise ValueError(f"{owner}: fan_in_exponent must be a number in [0, 1], got "
+                         f"{fan_in_exponent!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{owner}: fan_in_exponent must be in [0, 1] (0: no fan-in scaling, "
+                         f"0.5: steps ∝ 1/fan-in for He-initialised matrices), got {value}")
+    return value
+
+
+def init_scale_free_state(params, *, owner: str = "learned_opt",
+                          fan_in_exponent: float = 0.0) -> ScaleFreeOptState:
     """The state ``scale_free_opt(θ).init(params)`` returns (for any step rule on these features)."""
     check_float_leaves(params, "params", owner=owner)
+    fan_in_exponent = check_fan_in_exponent(fan_in_exponent, owner=owner)
     moments = lambda i: jax.tree.map(lambda x: sff.init_moments(x)[i], params)
     return ScaleFreeOptState(
         count=jnp.zeros((), jnp.int32), prev_value=jnp.zeros((), jnp.float32),
         trend=jnp.zeros((), jnp.float32),
         leaf_count=jax.tree.map(lambda _: jnp.zeros((), jnp.int32), params),
-        momentum=moments(0), magnitude=moments(1), scale=parameter_scales(params),
+        momentum=moments(0), magnitude=moments(1),
+        scale=parameter_scales(params, fan_in_exponent=fan_in_exponent),
         nonfinite_count=jnp.zeros((), jnp.int32))
 
 
@@ -153,8 +190,8 @@ def scale_free_update(updates, state: ScaleFreeOptState, value, step_rule: StepR
 
 
 
-def scale_free_opt(theta: Theta, *, learning_rate: optax.ScalarOrSchedule = 1.0
-                   ) -> optax.GradientTransformationExtraArgs:
+def scale_free_opt(theta: Theta, *, learning_rate: optax.ScalarOrSchedule = 1.0,
+                   fan_in_exponent: float = 0.0) -> optax.GradientTransformationExtraArgs:
     """The learned optimizer with scale-free features and a relative step (module docs).
 
     Args:
@@ -162,6 +199,9 @@ def scale_free_opt(theta: Theta, *, learning_rate: optax.ScalarOrSchedule = 1.0
       learning_rate: multiplies every step; a float, a scalar array (e.g. through
         ``optax.inject_hyperparams``) or a schedule of the step count. 1 is what meta-training
         used.
+      fan_in_exponent: α ∈ [0, 1]; a matrix leaf's steps are multiplied by
+        (48 / fan-in)^α (:func:`fan_in_factor`; 48 is the fan-in of every matrix of the paper's
+        training net, where the factor is 1). 0, the default, is what meta-training used.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; ``update(grads, state, params, *, value)``
@@ -178,8 +218,10 @@ def scale_free_opt(theta: Theta, *, learning_rate: optax.ScalarOrSchedule = 1.0
     check_finite_weights(theta, fix="Load an intact policy (metaopt.load) or make one with "
                                     "metaopt.mlp_policy.init_mlp_policy.")
 
+    fan_in_exponent = check_fan_in_exponent(fan_in_exponent)
+
     def init_fn(params):
-        return init_scale_free_state(params)
+        return init_scale_free_state(params, fan_in_exponent=fan_in_exponent)
 
     def update_fn(updates, state, params=None, *, value=None, **extra_args):
         del params, extra_args

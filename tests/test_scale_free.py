@@ -13,7 +13,12 @@ from hypothesis import strategies as st
 import metaopt
 from metaopt import scale_free_features as sff
 from metaopt.mlp_policy import LOG_STEP_MAX, init_mlp_policy, mlp_policy_sizes, mlp_policy_steps
-from metaopt.scale_free_optimizer import ScaleFreeOptState, parameter_scales
+from metaopt.scale_free_optimizer import (
+    REFERENCE_FAN_IN,
+    ScaleFreeOptState,
+    fan_in_factor,
+    parameter_scales,
+)
 
 
 def _random_policy(seed=0):
@@ -157,6 +162,43 @@ def test_parameter_scales():
     np.testing.assert_allclose(scales["b"], math.sqrt(36 / 8))      # the RMS of all parameters
     zeros = parameter_scales({"w": jnp.zeros(3)})
     np.testing.assert_allclose(zeros["w"], 1.0)                     # nothing to go by: absolute
+
+
+def test_fan_in_factor_by_hand():
+    assert fan_in_factor((100, 7), 0.5) == pytest.approx(math.sqrt(48 / 100))
+    assert fan_in_factor((3, 3, 16, 8), 1.0) == pytest.approx(48 / 144)   # conv: h·w·in
+    assert fan_in_factor((REFERENCE_FAN_IN, 10), 0.5) == 1.0
+    assert fan_in_factor((100,), 0.5) == fan_in_factor((), 0.5) == 1.0      # vectors, scalars
+    assert fan_in_factor((0, 4), 0.5) == 1.0 and fan_in_factor((100, 7), 0.0) == 1.0
+    scales = parameter_scales({"w": jnp.full((192, 2), 3.0), "b": jnp.zeros(4)},
+                              fan_in_exponent=0.5)
+    np.testing.assert_allclose(scales["w"], 3.0 * 0.5, rtol=1e-6)        # √(48/192) = 1/2
+    np.testing.assert_allclose(scales["b"], 3.0 * math.sqrt(384 / 388), rtol=1e-6)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.floats(0.0, 1.0), st.integers(1, 300))
+def test_fan_in_exponent_multiplies_each_matrix_step_by_its_factor(alpha, rows):
+    params = {"w": jnp.linspace(-1.0, 1.0, rows * 3).reshape(rows, 3), "b": jnp.full((3,), 0.1)}
+    grads = jax.tree.map(lambda x: jnp.cos(7.0 * x) + 0.01, params)
+    def first(tx):
+        return tx.update(grads, tx.init(params), params, value=jnp.float32(2.0))[0]
+    base = first(metaopt.learned_opt(THETA))
+    scaled = first(metaopt.learned_opt(THETA, fan_in_exponent=alpha))
+    factor = (48 / rows) ** alpha
+    np.testing.assert_allclose(scaled["w"], factor * base["w"], rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(scaled["b"], base["b"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "half", None, math.nan])
+def test_bad_fan_in_exponent_is_refused(bad):
+    with pytest.raises(ValueError, match="fan_in_exponent"):
+        metaopt.learned_opt(THETA, fan_in_exponent=bad)
+
+
+def test_fan_in_exponent_is_refused_for_the_lstm_policy():
+    with pytest.raises(ValueError, match="fan_in_exponent applies to scale-free MLP"):
+        metaopt.learned_opt(metaopt.init_policy(jax.random.key(0)), fan_in_exponent=0.5)
 
 
 def test_untrained_policy_is_relative_sign_momentum():
