@@ -106,7 +106,8 @@ def main():
                 "family": args.family, "conditions": names,
                 "init_policy": args.init_policy, "selected_at_iteration": chosen,
                 "selection_score_tuning_seeds": float(state.best_score),
-                "hidden_sizes": list(config.hidden_sizes)}
+                "hidden_sizes": list(config.hidden_sizes),
+                "fan_in_exponent": config.fan_in_exponent}
     save(out / "policy.metaopt", state.best_theta, metadata=metadata)
     summary = {"config": dataclasses.asdict(config), "family": [
         dataclasses.asdict(m) for m in FAMILIES[args.family]], "init_policy": args.init_policy,

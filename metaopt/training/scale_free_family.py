@@ -103,13 +103,14 @@ def _tracked(config: ScaleFreeGPSConfig, conditions):
             for c, cond in enumerate(conditions)]
 
 
-@partial(jax.jit, static_argnames=("horizon",))
-def _policy_observations(task, theta, init_key, sample_keys, tracked_index, *, horizon: int):
+@partial(jax.jit, static_argnames=("horizon", "fan_in_exponent"))
+def _policy_observations(task, theta, init_key, sample_keys, tracked_index, *, horizon: int,
+                         fan_in_exponent=0.0):
     """The tracked coordinates' φ ``(N, G, K, T, F)`` along π's own (deterministic) runs."""
     params0 = task.init_params(init_key)
     rule = lambda group, obs, scale, count: mlp_policy_steps(theta, obs, scale)
     outs = jax.vmap(lambda k: _unroll(task, rule, params0, _sample_keys(k, horizon)[1],
-                                      tracked_index)[1])(sample_keys)
+                                      tracked_index, fan_in_exponent)[1])(sample_keys)
     return jnp.moveaxis(outs["tracked"], 1, 3)
 
 
@@ -117,7 +118,7 @@ def policy_controllers(config: ScaleFreeGPSConfig, task, theta, init_key, sample
     """π's linearisation per (g, t) along its own runs, as controllers: gains and bias by
     least squares (``policy_linearization``), noise std ``exploration_std``·RMS of π's step."""
     obs = _policy_observations(task, theta, init_key, sample_keys, jnp.asarray(tracked.index),
-                               horizon=config.horizon)
+                               horizon=config.horizon, **config.fan_in)
     u = np.asarray(mlp_policy_steps(theta, obs, 1.0), np.float64)              # (N, G, K, T)
     w = np.asarray(tracked.mask, np.float64)[None, :, :, None]
     rms = np.sqrt((np.square(u) * w).sum((0, 2)) / np.broadcast_to(w, u.shape).sum((0, 2)))
@@ -173,7 +174,8 @@ def family_iteration(config: ScaleFreeGPSConfig, conditions, trackeds, state: Fa
     for c, (cond, cs, tracked) in enumerate(zip(conditions, state.conditions, trackeds,
                                                 strict=True)):
         init_key, sample_keys = _condition_keys(config, c, iteration)
-        data = rollout(cond.task, cs.controller, init_key, sample_keys, jnp.asarray(tracked.index))
+        data = rollout(cond.task, cs.controller, init_key, sample_keys, jnp.asarray(tracked.index),
+                       **config.fan_in)
         multiplier, judged, reason = judge_last_c_step(
             config, cond.task, init_key, sample_keys, data, cs.previous, float(cs.predicted),
             cs.step_multiplier)
@@ -206,7 +208,7 @@ def family_iteration(config: ScaleFreeGPSConfig, conditions, trackeds, state: Fa
             config, task, cs.controller, data, trackeds[c], init_key, sample_keys, multiplier,
             theta, duals[c], coupled[c], cs.eta)
         policy_j = float(policy_objective(task, theta, init_key, sample_keys,
-                                          horizon=config.horizon))
+                                          horizon=config.horizon, **config.fan_in))
         entries[c] |= {"policy_objective": policy_j,
                        "imitation_gap": policy_j - entries[c]["controller_objective"]}
         entries[c] |= c_step_entry(config, result, budget, eta, multiplier, coupled[c], duals[c])

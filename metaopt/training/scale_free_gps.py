@@ -31,6 +31,7 @@ samples, K tracked coordinates per group, F = 9 features.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from functools import partial
@@ -52,7 +53,11 @@ from metaopt.scale_free_controller import (
     relative_momentum_controller,
 )
 from metaopt.scale_free_features import SCALE_FREE_DIM
-from metaopt.scale_free_optimizer import init_scale_free_state, scale_free_update
+from metaopt.scale_free_optimizer import (
+    check_fan_in_exponent,
+    init_scale_free_state,
+    scale_free_update,
+)
 from metaopt.training import checkpoint, pathwise
 from metaopt.training.gps_loop import to_host32
 from metaopt.training.l2l_training import make_evaluator
@@ -95,12 +100,19 @@ class ScaleFreeGPSConfig:
     linearization_ridge: float = 1e-4
     divergence_ratio: float = 2.0
     select_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    fan_in_exponent: float = 0.0
+
+    @property
+    def fan_in(self) -> dict:
+        """``fan_in_exponent`` as the keyword of the jitted rollouts (static)."""
+        return {"fan_in_exponent": self.fan_in_exponent}
 
     def __post_init__(self):
         if self.horizon < 1 or self.num_samples < 1 or self.num_tracked < 1:
             raise ValueError("horizon, num_samples and num_tracked must be ≥ 1")
         if not (self.init_step_size > 0 and self.exploration_std > 0 and self.kl_step > 0):
             raise ValueError("init_step_size, exploration_std and kl_step must be > 0")
+        check_fan_in_exponent(self.fan_in_exponent, owner="ScaleFreeGPSConfig")
 
 
 class ScaleFreeGPSState(NamedTuple):
@@ -132,8 +144,9 @@ class ScaleFreeRollout(NamedTuple):
     observations: jax.Array
 
 
-def _unroll(task, rule, params0, step_keys, tracked_index=None):
-    """f(x_t), t = 0..T, of one run of ``rule``; with ``tracked_index`` also φ's statistics."""
+def _unroll(task, rule, params0, step_keys, tracked_index=None, fan_in_exponent=0.0):
+    """f(x_t), t = 0..T, of one run of ``rule``; with ``tracked_index`` also φ's statistics;
+    σ as ``learned_opt(θ, fan_in_exponent=…)``'s."""
     record = tracked_index is not None
 
     def step(carry, key):
@@ -157,7 +170,8 @@ def _unroll(task, rule, params0, step_keys, tracked_index=None):
         return jax.lax.scan(step, carry, keys)
 
     keys = step_keys.reshape((horizon // block, block) + step_keys.shape[1:])
-    _, outs = jax.lax.scan(run_block, (params0, init_scale_free_state(params0)), keys)
+    state0 = init_scale_free_state(params0, fan_in_exponent=fan_in_exponent)
+    _, outs = jax.lax.scan(run_block, (params0, state0), keys)
     outs = jax.tree.map(lambda a: a.reshape((horizon,) + a.shape[2:]), outs)
     return jnp.concatenate([task.true_loss(params0)[None], outs["f"]]), outs
 
@@ -167,8 +181,9 @@ def _sample_keys(sample_key, horizon):
     return noise_key, jax.random.split(data_key, horizon)
 
 
-@jax.jit
-def rollout(task, controller, init_key, sample_keys, tracked_index) -> ScaleFreeRollout:
+@partial(jax.jit, static_argnames=("fan_in_exponent",))
+def rollout(task, controller, init_key, sample_keys, tracked_index, *, fan_in_exponent=0.0
+            ) -> ScaleFreeRollout:
     """N = len(sample_keys) noisy runs of the controllers from x_0 = ``task.init_params(init_key)``."""
     params0 = task.init_params(init_key)
     horizon = controller.gain.shape[1]
@@ -176,7 +191,7 @@ def rollout(task, controller, init_key, sample_keys, tracked_index) -> ScaleFree
     def one(sample_key):
         noise_key, step_keys = _sample_keys(sample_key, horizon)
         return _unroll(task, controller_step_rule(controller, noise_key), params0, step_keys,
-                       tracked_index)
+                       tracked_index, fan_in_exponent)
 
     f, outs = jax.vmap(one)(sample_keys)
     counts = jnp.asarray([leaf.size for leaf in jax.tree.leaves(params0)], jnp.float32)
@@ -188,7 +203,8 @@ def rollout(task, controller, init_key, sample_keys, tracked_index) -> ScaleFree
     return ScaleFreeRollout(f, moments, observations)
 
 
-def sampled_objective(task, controller, init_key, sample_keys) -> jax.Array:
+def sampled_objective(task, controller, init_key, sample_keys, *, fan_in_exponent=0.0
+                      ) -> jax.Array:
     """J(ψ) under the samples' fixed noise and minibatches (equals ``rollout``'s mean f)."""
     params0 = task.init_params(init_key)
     horizon = controller.gain.shape[1]
@@ -196,21 +212,24 @@ def sampled_objective(task, controller, init_key, sample_keys) -> jax.Array:
     def one(sample_key):
         noise_key, step_keys = _sample_keys(sample_key, horizon)
         return _unroll(task, controller_step_rule(controller, noise_key), params0,
-                       step_keys)[0].mean()
+                       step_keys, fan_in_exponent=fan_in_exponent)[0].mean()
 
     return jax.vmap(one)(sample_keys).mean()
 
 
-sampled_objective_jit = jax.jit(sampled_objective)
-sampled_objective_and_grad = jax.jit(jax.value_and_grad(sampled_objective, argnums=1))
+sampled_objective_jit = jax.jit(sampled_objective, static_argnames=("fan_in_exponent",))
+sampled_objective_and_grad = jax.jit(jax.value_and_grad(sampled_objective, argnums=1),
+                                     static_argnames=("fan_in_exponent",))
 
 
-@partial(jax.jit, static_argnames=("horizon",))
-def policy_objective(task, theta, init_key, sample_keys, *, horizon: int) -> jax.Array:
+@partial(jax.jit, static_argnames=("horizon", "fan_in_exponent"))
+def policy_objective(task, theta, init_key, sample_keys, *, horizon: int, fan_in_exponent=0.0
+                     ) -> jax.Array:
     """π's J (its deterministic step) on the samples' minibatches: comparable with the controllers'."""
     params0 = task.init_params(init_key)
     rule = lambda group, obs, scale, count: mlp_policy_steps(theta, obs, scale)
-    runs = jax.vmap(lambda k: _unroll(task, rule, params0, _sample_keys(k, horizon)[1])[0])
+    runs = jax.vmap(lambda k: _unroll(task, rule, params0, _sample_keys(k, horizon)[1],
+                                      fan_in_exponent=fan_in_exponent)[0])
     return runs(sample_keys).mean()
 
 
@@ -303,9 +322,17 @@ def init_state(config: ScaleFreeGPSConfig, task) -> ScaleFreeGPSState:
         best_score=np.float32(np.inf)))
 
 
+@functools.lru_cache(maxsize=4)
+def _optimizer(fan_in_exponent: float):
+    """``learned_opt`` at this exponent, one object per value (make_evaluator caches by it)."""
+    return learned_opt if fan_in_exponent == 0 else partial(learned_opt,
+                                                            fan_in_exponent=fan_in_exponent)
+
+
 def _score(config, task, theta):
     every = 10 if config.horizon % 10 == 0 else 1
-    curves = np.asarray(make_evaluator(config.horizon, every, learned_opt)(
+    curves = np.asarray(make_evaluator(config.horizon, every,
+                                       _optimizer(config.fan_in_exponent))(
         theta, task, seed_keys(config.select_seeds)))
     if not np.all(np.isfinite(curves)):
         return math.inf, math.inf
@@ -331,7 +358,8 @@ def judge_last_c_step(config: ScaleFreeGPSConfig, task, init_key, sample_keys, d
                              "lower ScaleFreeGPSConfig.init_step_size.")
         return np.maximum(0.5 * multiplier, 0.01), entry, "the samples diverged"
     if np.isfinite(predicted):
-        before = float(sampled_objective_jit(task, previous, init_key, sample_keys))
+        before = float(sampled_objective_jit(task, previous, init_key, sample_keys,
+                                             **config.fan_in))
         realized = before - objective
         entry["realized_improvement"] = realized
         if realized < min(0.0, predicted):
@@ -384,7 +412,8 @@ def coupled_c_step(config: ScaleFreeGPSConfig, task, controller, data, tracked, 
         state_index=list(CONTROLLER_FEATURES), linearization=linearization,
         duals=duals if coupled else None, num_steps=config.pathwise_steps,
         step_cap=config.kl_step * config.kl_step_cap, ridge=config.pathwise_ridge,
-        objective_and_grad=lambda c: sampled_objective_and_grad(task, c, init_key, sample_keys))
+        objective_and_grad=lambda c: sampled_objective_and_grad(task, c, init_key, sample_keys,
+                                                                **config.fan_in))
     eta = np.where(np.isfinite(result.eta), result.eta, np.asarray(eta, np.float64))
     return result, eta, budget, pathwise.multiplier_after(multiplier, result)
 
@@ -411,7 +440,8 @@ def gps_iteration(config: ScaleFreeGPSConfig, task, tracked, state: ScaleFreeGPS
     sample_keys = jax.random.split(sample_key, config.num_samples)
     init_key = condition_key(config)
 
-    data = rollout(task, state.controller, init_key, sample_keys, jnp.asarray(tracked.index))
+    data = rollout(task, state.controller, init_key, sample_keys, jnp.asarray(tracked.index),
+                   **config.fan_in)
     multiplier, judged, reason = judge_last_c_step(
         config, task, init_key, sample_keys, data, state.previous, float(state.predicted),
         state.step_multiplier)
@@ -434,7 +464,7 @@ def gps_iteration(config: ScaleFreeGPSConfig, task, tracked, state: ScaleFreeGPS
         duals, coupled, eta)
 
     policy_j = float(policy_objective(task, theta, init_key, sample_keys,
-                                      horizon=config.horizon))
+                                      horizon=config.horizon, **config.fan_in))
     final, area = _score(config, task, theta)
     best_theta, best_score = state.best_theta, float(state.best_score)
     if final < best_score:

@@ -152,6 +152,34 @@ def test_sampled_objective_is_the_rollouts_mean_and_its_gradient_is_exact(tiny):
     np.testing.assert_allclose(grad.bias[g, t, 0], fd, rtol=0.05, atol=1e-4)
 
 
+def test_gps_runs_pi_as_learned_opt_at_the_same_fan_in_exponent(tiny):
+    """π's J inside GPS is the mean f of ``learned_opt(θ, fan_in_exponent=α)`` on the same
+    minibatches, and α changes it (GPS trains the optimizer it ships)."""
+    config, task, _ = tiny
+    theta = init_mlp_policy(jax.random.key(2), hidden_sizes=(8,), init_step_size=0.05)
+    init_key, sample_key = sg.condition_key(config), jax.random.key(11)
+    from metaopt.learned_optimizer import learned_opt
+
+    def by_hand(alpha):
+        tx = learned_opt(theta, fan_in_exponent=alpha)
+        params = task.init_params(init_key)
+        state, fs = tx.init(params), [task.true_loss(params)]
+        for key in sg._sample_keys(sample_key, config.horizon)[1]:
+            value, grad = jax.value_and_grad(task.minibatch_objective(key))(params)
+            updates, state = tx.update(grad, state, params, value=value)
+            params = optax.apply_updates(params, updates)
+            fs.append(task.true_loss(params))
+        return float(np.mean(fs))
+
+    for alpha in (0.0, 0.5):
+        j = sg.policy_objective(task, theta, init_key, sample_key[None], horizon=config.horizon,
+                                fan_in_exponent=alpha)
+        np.testing.assert_allclose(j, by_hand(alpha), rtol=1e-5)
+    assert abs(by_hand(0.5) - by_hand(0.0)) > 1e-4
+    with pytest.raises(ValueError, match="fan_in_exponent"):
+        sg.ScaleFreeGPSConfig(fan_in_exponent=2.0)
+
+
 def test_s_step_targets_and_fit():
     rng = np.random.default_rng(0)
     ctrl = _random_controller(groups=2, horizon=5)
