@@ -29,6 +29,7 @@ from metaopt.learned_optimizer import learned_opt
 from metaopt.serialization import load
 
 FAMILY, SINGLE = "family-trained", "single-task"
+AS_TRAINED = f"{FAMILY} (as trained: α=0, ×1)"
 
 
 def plot(rows, path: Path) -> None:
@@ -62,6 +63,17 @@ def plot(rows, path: Path) -> None:
     plt.close(fig)
 
 
+def selected_settings(path: str, parser) -> tuple[float, float]:
+    """(fan_in_exponent, learning_rate) of the chosen row of a family_selection.py JSON."""
+    try:
+        doc = json.loads(Path(path).read_text())
+        row = doc["rows"][doc["chosen"]]
+        return float(row.get("fan_in_exponent", 0.0)), float(row.get("learning_rate", 1.0))
+    except (OSError, ValueError, KeyError) as err:
+        parser.error(f"--selection {path}: not an experiments/family_selection.py JSON with a "
+                     f"chosen row ({err!r}); run that script first")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,8 +85,13 @@ def main():
     parser.add_argument("--also", action="append", default=[], metavar="NAME=PATH",
                         help="another policy file to run beside the two (repeatable)")
     parser.add_argument("--fan-in-exponent", type=float, default=0.0, metavar="ALPHA",
-                        help="both policies' fan-in exponent (learned_opt's); when not 0, the "
-                             f"family policy at 0 is run too, as '{FAMILY} (α=0)'")
+                        help="both policies' fan_in_exponent (learned_opt's; default 0)")
+    parser.add_argument("--learning-rate", type=float, default=1.0, metavar="C",
+                        help="both policies' learning_rate (learned_opt's; default 1)")
+    parser.add_argument("--selection", default=None, metavar="SELECTION.json",
+                        help="take both from the chosen row of an experiments/family_selection.py "
+                             "JSON instead; when either is not the default, the family policy "
+                             f"as trained (0 and 1) is run too, as '{AS_TRAINED}'")
     parser.add_argument("--rerun-baselines", action="store_true",
                         help="do not reuse the baseline columns of an existing <out>/table.json")
     args = parser.parse_args()
@@ -82,11 +99,13 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     family, single = load(args.policy), load(args.single)
-    alpha = args.fan_in_exponent
-    learned = {FAMILY: lambda: learned_opt(family, fan_in_exponent=alpha),
-               SINGLE: lambda: learned_opt(single, fan_in_exponent=alpha)}
-    if alpha != 0:
-        learned[f"{FAMILY} (α=0)"] = lambda: learned_opt(family)
+    alpha, rate = (selected_settings(args.selection, parser) if args.selection
+                   else (args.fan_in_exponent, args.learning_rate))
+    settings = {"fan_in_exponent": alpha, "learning_rate": rate}
+    learned = {FAMILY: lambda: learned_opt(family, **settings),
+               SINGLE: lambda: learned_opt(single, **settings)}
+    if (alpha, rate) != (0.0, 1.0):
+        learned[AS_TRAINED] = lambda: learned_opt(family)
     try:
         also = parse_named_paths(args.also, "--also")
     except ValueError as err:
@@ -112,7 +131,7 @@ def main():
               f", adam here {s['adam (this task)']['final']:.4f}, "
               f"{row['seconds']:.0f} s", flush=True)
         doc = {"policy": args.policy, "single_task_policy": args.single,
-               "fan_in_exponent": alpha,
+               "optimizer_settings": settings, "selection": args.selection,
                "summary": gen.summary_counts(rows, FAMILY),
                "summary_single_task": gen.summary_counts(rows, SINGLE),
                "summary_others": {n: gen.summary_counts(rows, n) for n in learned

@@ -5,7 +5,7 @@ Example::
   import optax, metaopt
   tx = metaopt.learned_opt(metaopt.pretrained())     # the shipped policy: `make train`'s output
   tx = metaopt.learned_opt()                         # the same (learned_opt()'s default)
-  tx = metaopt.learned_opt(metaopt.pretrained.scale_free_family())   # for tasks unlike MNIST-48
+  tx = metaopt.pretrained.scale_free_family_opt()    # for nets unlike MNIST 48-48-10
   tx = metaopt.learned_opt(metaopt.pretrained.paper_lstm())  # the paper's LSTM, by the same GPS
   l2l_theta = metaopt.pretrained.pretrained_l2l()   # the shipped L2L baseline
   metaopt.pretrained.pretrained_info()              # how the shipped policy was made
@@ -44,7 +44,8 @@ L2L_FILE = "l2l.metaopt"   # the L2L baseline (Andrychowicz et al. 2016): experi
 __all__ = ["L2L_FILE", "PAPER_LSTM_FILE", "SCALE_FREE_FILE", "paper_lstm", "paper_lstm_info",
            "paper_lstm_path", "pretrained", "pretrained_info", "pretrained_l2l",
            "pretrained_l2l_path", "pretrained_path", "scale_free", "scale_free_family",
-           "scale_free_family_info", "scale_free_info", "scale_free_path"]
+           "scale_free_family_info", "scale_free_family_opt", "scale_free_info",
+           "scale_free_path"]
 
 
 def _asset(name: str) -> str:
@@ -142,6 +143,23 @@ def scale_free_family(path: str | os.PathLike | None = None) -> Theta:
 def scale_free_family_info() -> dict[str, Any]:
     """How the family-trained policy was made and how it did, from ``scale_free_family.json``."""
     return _info(SCALE_FREE_FAMILY_INFO_FILE)
+
+
+def scale_free_family_opt(*, learning_rate=1.0):
+    """``learned_opt(scale_free_family(), fan_in_exponent=α)`` at the α it ships with
+    (``scale_free_family_info()["fan_in_exponent"]``, chosen on the training family's tuning
+    seeds): each matrix's step times (48 / fan-in)^α. The optimizer to use on nets unlike the
+    paper's 48-48-10 (README, "Generalisation").
+
+    Example::
+
+      tx = metaopt.pretrained.scale_free_family_opt()
+      updates, state = tx.update(grads, tx.init(params), params, value=loss)
+    """
+    from metaopt.learned_optimizer import learned_opt
+
+    return learned_opt(scale_free_family(), learning_rate=learning_rate,
+                       fan_in_exponent=scale_free_family_info().get("fan_in_exponent", 0.0))
 
 
 def pretrained_l2l_path() -> str:

@@ -387,3 +387,18 @@ def test_the_family_trained_policy_ships_with_its_provenance():
                                               strict=True))
     with pytest.raises(FileNotFoundError, match="make train-family"):
         metaopt.pretrained.scale_free_family("/nonexistent/family.metaopt")
+
+
+def test_the_family_optimizer_is_the_family_policy_at_its_shipped_fan_in_exponent():
+    alpha = metaopt.pretrained.scale_free_family_info()["fan_in_exponent"]
+    assert 0.0 < alpha <= 1.0
+    params = {"w": jnp.linspace(-1.0, 1.0, 300).reshape(100, 3), "b": jnp.full((3,), 0.1)}
+    grads = jax.tree.map(lambda x: jnp.cos(5.0 * x), params)
+    first = lambda tx: tx.update(grads, tx.init(params), params, value=jnp.float32(1.0))[0]
+    family = metaopt.pretrained.scale_free_family()
+    shipped = first(metaopt.pretrained.scale_free_family_opt())
+    by_hand = first(metaopt.learned_opt(family, fan_in_exponent=alpha))
+    for a, b in zip(jax.tree.leaves(shipped), jax.tree.leaves(by_hand), strict=True):
+        np.testing.assert_array_equal(a, b)
+    plain = first(metaopt.learned_opt(family))
+    np.testing.assert_allclose(shipped["w"], (48 / 100) ** alpha * plain["w"], rtol=1e-5)

@@ -229,12 +229,13 @@ def family_iteration(config: ScaleFreeGPSConfig, conditions, trackeds, state: Fa
                                     best_theta, np.float32(best_score))), entry
 
 
-def tuning_score(config: ScaleFreeGPSConfig, conditions, theta
+def tuning_score(config: ScaleFreeGPSConfig, conditions, theta, *, optimizer=None
                  ) -> tuple[float, list[tuple[float, float]]]:
     """π's selection score: the geometric mean over ``conditions`` of its final f on their
     tuning seeds (``config.select_seeds``), inf if any run is not finite; and per condition its
-    (final f, area = mean f) there."""
-    per_condition = [_score(config, cond.task, theta) for cond in conditions]
+    (final f, area = mean f) there. ``optimizer``: ``θ ↦ transformation`` (default
+    ``learned_opt`` at ``config.fan_in_exponent``; ``scale_free_gps.scored_optimizer``)."""
+    per_condition = [_score(config, cond.task, theta, optimizer) for cond in conditions]
     finals = np.array([final for final, _ in per_condition])
     score = float(np.exp(np.mean(np.log(finals)))) if np.all(np.isfinite(finals)) else math.inf
     return score, per_condition

@@ -322,17 +322,19 @@ def init_state(config: ScaleFreeGPSConfig, task) -> ScaleFreeGPSState:
         best_score=np.float32(np.inf)))
 
 
-@functools.lru_cache(maxsize=4)
-def _optimizer(fan_in_exponent: float):
-    """``learned_opt`` at this exponent, one object per value (make_evaluator caches by it)."""
-    return learned_opt if fan_in_exponent == 0 else partial(learned_opt,
-                                                            fan_in_exponent=fan_in_exponent)
+@functools.lru_cache(maxsize=16)
+def scored_optimizer(fan_in_exponent: float = 0.0, learning_rate: float = 1.0):
+    """``θ ↦ learned_opt(θ, …)`` at these settings, one object per value (``make_evaluator``
+    caches by it)."""
+    if fan_in_exponent == 0 and learning_rate == 1:
+        return learned_opt
+    return partial(learned_opt, fan_in_exponent=fan_in_exponent, learning_rate=learning_rate)
 
 
-def _score(config, task, theta):
+def _score(config, task, theta, optimizer=None):
     every = 10 if config.horizon % 10 == 0 else 1
-    curves = np.asarray(make_evaluator(config.horizon, every,
-                                       _optimizer(config.fan_in_exponent))(
+    optimizer = optimizer or scored_optimizer(config.fan_in_exponent)
+    curves = np.asarray(make_evaluator(config.horizon, every, optimizer)(
         theta, task, seed_keys(config.select_seeds)))
     if not np.all(np.isfinite(curves)):
         return math.inf, math.inf

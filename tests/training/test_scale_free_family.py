@@ -149,3 +149,27 @@ def test_named_policy_paths_of_the_scripts():
     for bad in ("nopath", "=p.metaopt", "name="):
         with pytest.raises(ValueError, match=f"--policy '{bad}': give NAME=PATH"):
             parse_named_paths([bad], "--policy")
+
+
+def test_tuning_score_at_other_optimizer_settings(family):
+    """The selection score of π under learned_opt(θ, fan_in_exponent=α, learning_rate=c) is that
+    optimizer's own runs (a GPS trained at α scores itself at α), and the settings matter."""
+    from metaopt.evaluation.tuning import run_grid
+    from metaopt.learned_optimizer import learned_opt
+
+    config, conditions = family
+    theta = init_mlp_policy(jax.random.key(1), hidden_sizes=(8,), init_step_size=0.05)
+    assert sg.scored_optimizer(0.0, 1.0) is learned_opt
+    assert sg.scored_optimizer(0.5, 1.4) is sg.scored_optimizer(0.5, 1.4)   # compiled once
+    score, per_condition = sf.tuning_score(config, conditions, theta,
+                                           optimizer=sg.scored_optimizer(0.5, 1.4))
+    for cond, (final, _) in zip(conditions, per_condition, strict=True):
+        curves = run_grid(lambda: learned_opt(theta, fan_in_exponent=0.5, learning_rate=1.4),
+                          [{}], cond.task, config.select_seeds, num_steps=config.horizon)[0]
+        np.testing.assert_allclose(final, np.mean(np.asarray(curves)[:, -1]), rtol=1e-5)
+    trained_at = sf.tuning_score(sg.ScaleFreeGPSConfig(**{
+        **{f: getattr(config, f) for f in ("horizon", "select_seeds")}, "fan_in_exponent": 0.5}),
+        conditions, theta)
+    at_half = sf.tuning_score(config, conditions, theta, optimizer=sg.scored_optimizer(0.5))
+    np.testing.assert_allclose(trained_at[0], at_half[0], rtol=1e-6)
+    assert abs(score - sf.tuning_score(config, conditions, theta)[0]) > 1e-5
