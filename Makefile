@@ -67,7 +67,9 @@ train-scale-free: install
 # fine-tuning the shipped single-task policy (~37 min, 3.1 GB, 2 cores; the policy shipped as
 # metaopt.pretrained.scale_free_family()), then the generalisation suite: Figs 1-5 and held-out
 # nets, baselines tuned on the training objective and on each test task (~19 min, 5 min when an
-# earlier table.json of the same protocol supplies the baseline columns).
+# earlier table.json of the same protocol supplies the baseline columns); then the optimizer
+# settings (fan-in exponent x step multiplier) chosen on the training family (~8 min) and the
+# suite at them (~8 min, baseline columns reused).
 # `make train-family RESUME=--resume` continues an interrupted run.
 train-family: install
 	test -f results/baselines/results.json || $(PY) -m metaopt.cli baselines --config paper --out results/baselines
@@ -77,6 +79,10 @@ train-family: install
 generalization: install
 	test -f results/baselines/results.json || $(PY) -m metaopt.cli baselines --config paper --out results/baselines
 	$(PY) experiments/generalization_suite.py --policy results/scale-free-family-wide/policy.metaopt --out results/generalization-wide --also "family-trained (mnist)=results/scale-free-family/policy.metaopt"
+	mkdir -p results/generalization-fan-in
+	$(PY) experiments/family_selection.py --family mnist-wider --policy mnist-wide=results/scale-free-family-wide/policy.metaopt --fan-in-exponents 0,0.5,1 --learning-rates 1,1.4,2 --out results/generalization-fan-in/selection.json
+	test -f results/generalization-fan-in/table.json || cp results/generalization-wide/table.json results/generalization-fan-in/
+	$(PY) experiments/generalization_suite.py --policy results/scale-free-family-wide/policy.metaopt --out results/generalization-fan-in --selection results/generalization-fan-in/selection.json
 
 # Re-meta-train the L2L baseline (Andrychowicz et al. 2016) into metaopt/assets/l2l.metaopt (~35 min).
 train-l2l: install
