@@ -31,9 +31,9 @@ from metaopt import scale_free_features as sff
 from metaopt.mlp_policy import Theta, mlp_policy_sizes, mlp_policy_steps
 from metaopt.optimizers.guards import check_finite_weights, check_float_leaves, scalar_objective
 
-__all__ = ["REFERENCE_FAN_IN", "ScaleFreeOptState", "fan_in", "fan_in_factor",
-           "init_scale_free_state", "learning_rate_at", "parameter_scales", "scale_free_opt",
-           "scale_free_update"]
+__all__ = ["REFERENCE_FAN_IN", "ScaleFreeOptState", "check_fan_in_exponent", "fan_in",
+           "fan_in_factor", "init_scale_free_state", "learning_rate_at", "parameter_scales",
+           "scale_free_opt", "scale_free_update"]
 
 
 # The fan-in of every matrix of the paper's training net (48-48-10), where the fan-in factor is 1.

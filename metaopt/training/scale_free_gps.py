@@ -65,7 +65,7 @@ from metaopt.training.rollout import select_tracked
 
 __all__ = ["ScaleFreeGPSConfig", "ScaleFreeGPSState", "ScaleFreeRollout", "fit_policy",
            "gps_iteration", "init_state", "policy_linearization", "policy_objective", "rollout",
-           "run_iterations", "s_step_points", "sampled_objective", "train"]
+           "run_iterations", "s_step_points", "sampled_objective", "scored_optimizer", "train"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +75,7 @@ class ScaleFreeGPSConfig:
     ``init_step_size``: the relative momentum's step (tune it: ``experiments/train_scale_free_gps``);
     ``exploration_std``: the noise's std relative to it; KL budget per group and iteration
     T·``kl_step``·multiplier nats, at most ``kl_step``·``kl_step_cap`` per step.
+    ``fan_in_exponent``: the optimizer π is trained and scored as (``learned_opt``'s).
     """
 
     horizon: int = 400
