@@ -58,8 +58,8 @@ def _tasks(family: str):
     return rows
 
 
-def markdown(rows) -> str:
-    head = " / ".join(f"×{c:g}" for c in MULTIPLIERS)
+def markdown(rows, multipliers=MULTIPLIERS) -> str:
+    head = " / ".join(f"×{c:g}" for c in multipliers)
     lines = [f"| task | side | final f {head} | area {head} | best × | gradient coherence "
              "(pure noise 0.229) | mean \\|Δf̂/f̂\\| |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -103,6 +103,12 @@ def main():
                              "policy (module docs)")
     parser.add_argument("--table-column", default="family-trained",
                         help="that table's column of this policy (default: %(default)s)")
+    parser.add_argument("--multipliers", default=",".join(f"{m:g}" for m in MULTIPLIERS),
+                        metavar="A,B,...", help="step multipliers (default: %(default)s)")
+    parser.add_argument("--fan-in-exponent", type=float, default=0.0,
+                        help="the policy's fan_in_exponent (learned_opt's; default 0)")
+    parser.add_argument("--only", default=None, metavar="TEXT",
+                        help="only the tasks whose name contains TEXT (e.g. 'fig1:')")
     args = parser.parse_args()
     if args.policy is None:
         from metaopt.pretrained import scale_free_family
@@ -110,14 +116,18 @@ def main():
         theta, policy = scale_free_family(), "metaopt.pretrained.scale_free_family()"
     else:
         theta, policy = load(args.policy), args.policy
-    make = lambda learning_rate: scale_free_opt(theta, learning_rate=learning_rate)
+    multipliers = tuple(float(m) for m in args.multipliers.split(","))
+    make = lambda learning_rate: scale_free_opt(theta, learning_rate=learning_rate,
+                                                fan_in_exponent=args.fan_in_exponent)
     seeds = TUNING_SEEDS[:2] if args.tiny else TUNING_SEEDS
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start, rows = time.time(), []
-    for name, side, task, num_steps, eval_every in (_tiny_tasks() if args.tiny
-                                                    else _tasks(args.family)):
-        scores = step_multiplier_scores(make, task, MULTIPLIERS, seeds=seeds,
+    tasks = _tiny_tasks() if args.tiny else _tasks(args.family)
+    for name, side, task, num_steps, eval_every in tasks:
+        if args.only and args.only not in name:
+            continue
+        scores = step_multiplier_scores(make, task, multipliers, seeds=seeds,
                                         num_steps=num_steps, eval_every=eval_every)
         noise = noise_statistics(make(1.0), task, seeds=seeds, num_steps=num_steps)
         rows.append({"task": name, "side": side, "num_steps": num_steps,
@@ -127,7 +137,7 @@ def main():
               f"(final {' / '.join(f'{x:.4f}' for x in scores['final'])}), "
               f"coherence {noise['coherence']:.3f}, |Δf̂/f̂| {noise['objective_change']:.3f}",
               flush=True)
-    table, held_out = markdown(rows), None
+    table, held_out = markdown(rows, multipliers), None
     if args.baselines_table:
         table_json = json.loads(Path(args.baselines_table).read_text())
         table_rows = [r | {"policy": args.table_column} for r in table_json["rows"]]
@@ -142,7 +152,8 @@ def main():
                   + f"At ×1: {held_out['summary_x1']}\n")
     (out / "table.md").write_text(table)
     (out / "results.json").write_text(json.dumps({
-        "policy": policy, "family": args.family, "multipliers": MULTIPLIERS,
+        "policy": policy, "family": args.family, "multipliers": multipliers,
+        "fan_in_exponent": args.fan_in_exponent, "only": args.only,
         "seeds": list(seeds), "rows": [{k: v for k, v in r.items() if k != "task_object"}
                                        for r in rows],
         "held_out": held_out, "wall_time_s": time.time() - start,
