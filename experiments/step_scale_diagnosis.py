@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import optax
 
 from metaopt.evaluation.generalization import (
     EVAL_SEEDS,
@@ -70,9 +71,10 @@ def markdown(rows, multipliers=MULTIPLIERS) -> str:
     return "\n".join(lines) + "\n"
 
 
-def held_out_comparison(rows, table_rows, make) -> tuple[list[dict], str]:
-    """Each suite task at its chosen multiplier on ``EVAL_SEEDS``, against ``table_rows``; the
-    table's own runs stand for ×1. Returns the rows (``TUNED`` beside the table's policy as
+def held_out_comparison(rows, table_rows, make_for) -> tuple[list[dict], str]:
+    """Each suite task at its chosen multiplier on ``EVAL_SEEDS``, against ``table_rows``
+    (``make_for(num_steps)`` is the ``make`` of a task with that horizon); the table's own runs
+    stand for ×1 unless ``make_for`` decays the step. Returns the rows (``TUNED`` beside the table's policy as
     ``"x1"``) and their table, the suite's columns with the multiplier in the task name."""
     by_task = {r["task"]: r for r in table_rows}
     compared = []
@@ -81,8 +83,8 @@ def held_out_comparison(rows, table_rows, make) -> tuple[list[dict], str]:
         if base is None:
             continue
         lr, x1 = r["scores"]["best"], base["scores"][base["policy"]]
-        tuned = x1 if lr == 1.0 else score_curves(run_grid(
-            make, [{"learning_rate": lr}], r["task_object"], EVAL_SEEDS,
+        tuned = x1 if lr == 1.0 and not r["decayed"] else score_curves(run_grid(
+            make_for(r["num_steps"]), [{"learning_rate": lr}], r["task_object"], EVAL_SEEDS,
             num_steps=r["num_steps"], eval_every=r["eval_every"])[0])
         compared.append({"task": f"{base['task']} (×{lr:g})", "source": base["source"],
                          "scores": {n: s for n, s in base["scores"].items() if "(" in n}
@@ -107,8 +109,11 @@ def main():
                         metavar="A,B,...", help="step multipliers (default: %(default)s)")
     parser.add_argument("--fan-in-exponent", type=float, default=0.0,
                         help="the policy's fan_in_exponent (learned_opt's; default 0)")
-    parser.add_argument("--only", default=None, metavar="TEXT",
-                        help="only the tasks whose name contains TEXT (e.g. 'fig1:')")
+    parser.add_argument("--cosine-floor", type=float, default=None, metavar="F",
+                        help="decay every step multiplier by a cosine to F times it over each "
+                             "task's horizon (default: constant)")
+    parser.add_argument("--only", action="append", default=[], metavar="TEXT",
+                        help="only the tasks whose name contains TEXT (e.g. 'fig1:'; repeatable)")
     args = parser.parse_args()
     if args.policy is None:
         from metaopt.pretrained import scale_free_family
@@ -117,21 +122,31 @@ def main():
     else:
         theta, policy = load(args.policy), args.policy
     multipliers = tuple(float(m) for m in args.multipliers.split(","))
-    make = lambda learning_rate: scale_free_opt(theta, learning_rate=learning_rate,
-                                                fan_in_exponent=args.fan_in_exponent)
+    def make_for(num_steps):
+        def make(learning_rate):
+            if args.cosine_floor is not None:
+                learning_rate = optax.cosine_decay_schedule(learning_rate, num_steps,
+                                                            alpha=args.cosine_floor)
+            return scale_free_opt(theta, learning_rate=learning_rate,
+                                  fan_in_exponent=args.fan_in_exponent)
+        return make
+
     seeds = TUNING_SEEDS[:2] if args.tiny else TUNING_SEEDS
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start, rows = time.time(), []
-    tasks = _tiny_tasks() if args.tiny else _tasks(args.family)
+    tasks = [t for t in (_tiny_tasks() if args.tiny else _tasks(args.family))
+             if not args.only or any(text in t[0] for text in args.only)]
+    if not tasks:
+        parser.error(f"--only {args.only}: no task's name contains it")
     for name, side, task, num_steps, eval_every in tasks:
-        if args.only and args.only not in name:
-            continue
+        make = make_for(num_steps)
         scores = step_multiplier_scores(make, task, multipliers, seeds=seeds,
                                         num_steps=num_steps, eval_every=eval_every)
         noise = noise_statistics(make(1.0), task, seeds=seeds, num_steps=num_steps)
         rows.append({"task": name, "side": side, "num_steps": num_steps,
                      "eval_every": eval_every, "scores": scores, "noise": noise,
+                     "decayed": args.cosine_floor is not None,
                      "task_object": task})
         print(f"{name}: best ×{scores['best']:g} "
               f"(final {' / '.join(f'{x:.4f}' for x in scores['final'])}), "
@@ -141,7 +156,7 @@ def main():
     if args.baselines_table:
         table_json = json.loads(Path(args.baselines_table).read_text())
         table_rows = [r | {"policy": args.table_column} for r in table_json["rows"]]
-        compared, held_table = held_out_comparison(rows, table_rows, make)
+        compared, held_table = held_out_comparison(rows, table_rows, make_for)
         held_out = {"table": args.baselines_table, "summary": summary_counts(compared, TUNED),
                     "summary_x1": summary_counts(compared, "x1"),
                     "rows": [{"task": r["task"], "scores": {TUNED: r["scores"][TUNED]}}
@@ -153,7 +168,8 @@ def main():
     (out / "table.md").write_text(table)
     (out / "results.json").write_text(json.dumps({
         "policy": policy, "family": args.family, "multipliers": multipliers,
-        "fan_in_exponent": args.fan_in_exponent, "only": args.only,
+        "fan_in_exponent": args.fan_in_exponent, "cosine_floor": args.cosine_floor,
+        "only": args.only,
         "seeds": list(seeds), "rows": [{k: v for k, v in r.items() if k != "task_object"}
                                        for r in rows],
         "held_out": held_out, "wall_time_s": time.time() - start,

@@ -92,3 +92,26 @@ def test_the_diagnosis_script_writes_its_table(tmp_path, monkeypatch):
     assert summary["beats_test_tuned_adam_final"] == 1                  # Adam's 10 is not
     assert result["held_out"]["summary_x1"]["beats_test_tuned_adam_final"] == 1
     assert f"| tiny, minibatch 8 (×{row['scores']['best']:g}) |" in text
+
+
+def test_the_diagnosis_script_decays_filters_and_scales(tmp_path, monkeypatch):
+    path = Path(__file__).parents[1] / "experiments" / "step_scale_diagnosis.py"
+    spec = importlib.util.spec_from_file_location("step_scale_diagnosis", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    runs = {}
+    for name, extra in (("constant", []), ("decayed", ["--cosine-floor", "0.1"])):
+        out = tmp_path / name
+        monkeypatch.setattr(sys, "argv", ["x", "--tiny", "--out", str(out), "--multipliers",
+                                          "1,2", "--fan-in-exponent", "0.5", *extra])
+        script.main()
+        runs[name] = json.loads((out / "results.json").read_text())
+    (row,) = runs["decayed"]["rows"]
+    assert row["scores"]["multipliers"] == [1.0, 2.0] and row["decayed"]
+    assert runs["decayed"]["cosine_floor"] == 0.1 and runs["decayed"]["fan_in_exponent"] == 0.5
+    assert runs["decayed"]["rows"][0]["scores"]["final"] != runs["constant"]["rows"][0][
+        "scores"]["final"]
+    monkeypatch.setattr(sys, "argv", ["x", "--tiny", "--out", str(tmp_path / "none"),
+                                      "--only", "no such task"])
+    with pytest.raises(SystemExit):
+        script.main()
