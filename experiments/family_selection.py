@@ -6,7 +6,7 @@
       --out results/scale-free-family-wider/selection.json
   .venv/bin/python experiments/family_selection.py --family mnist-wider \
       --policy mnist-wide=metaopt/assets/scale_free_family.metaopt \
-      --fan-in-exponents 0,0.5,1 --learning-rates 1,1.4 \
+      --fan-in-exponents 0,0.5,1 --learning-rates 1,1.4,2 \
       --out results/generalization-fan-in/selection.json
 
 Scores every policy as the family GPS selects its own π (``scale_free_family.tuning_score``):

@@ -73,9 +73,10 @@ def markdown(rows, multipliers=MULTIPLIERS) -> str:
 
 def held_out_comparison(rows, table_rows, make_for) -> tuple[list[dict], str]:
     """Each suite task at its chosen multiplier on ``EVAL_SEEDS``, against ``table_rows``
-    (``make_for(num_steps)`` is the ``make`` of a task with that horizon); the table's own runs
-    stand for ×1 unless ``make_for`` decays the step. Returns the rows (``TUNED`` beside the table's policy as
-    ``"x1"``) and their table, the suite's columns with the multiplier in the task name."""
+    (``make_for(num_steps)``: the ``make`` of a task with that horizon). The table's own
+    (constant-step) runs are the ``"x1"`` column, and stand for the chosen ×1 unless the step
+    decays. Returns the rows (``TUNED`` beside ``"x1"``) and their table, the suite's columns
+    with the multiplier in the task name."""
     by_task = {r["task"]: r for r in table_rows}
     compared = []
     for r in rows:
@@ -122,6 +123,7 @@ def main():
     else:
         theta, policy = load(args.policy), args.policy
     multipliers = tuple(float(m) for m in args.multipliers.split(","))
+
     def make_for(num_steps):
         def make(learning_rate):
             if args.cosine_floor is not None:

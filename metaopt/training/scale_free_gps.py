@@ -31,10 +31,9 @@ samples, K tracked coordinates per group, F = 9 features.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, NamedTuple
 
 import jax
@@ -323,7 +322,7 @@ def init_state(config: ScaleFreeGPSConfig, task) -> ScaleFreeGPSState:
         best_score=np.float32(np.inf)))
 
 
-@functools.lru_cache(maxsize=16)
+@lru_cache(maxsize=16)
 def scored_optimizer(fan_in_exponent: float = 0.0, learning_rate: float = 1.0):
     """``θ ↦ learned_opt(θ, …)`` at these settings, one object per value (``make_evaluator``
     caches by it)."""
