@@ -26,10 +26,12 @@ from metaopt.configs import parse_named_paths
 from metaopt.evaluation import generalization as gen
 from metaopt.evaluation.report import git_commit, machine_description
 from metaopt.learned_optimizer import learned_opt
+from metaopt.optimizers.horizon_schedule import horizon_schedule
 from metaopt.serialization import load
 
 FAMILY, SINGLE = "family-trained", "single-task"
 AS_TRAINED = f"{FAMILY} (as trained: α=0, ×1)"
+CONSTANT = f"{FAMILY} (constant step)"
 
 
 def plot(rows, path: Path) -> None:
@@ -74,6 +76,19 @@ def selected_settings(path: str, parser) -> tuple[float, float]:
                      f"chosen row ({err!r}); run that script first")
 
 
+def chosen_schedule(path: str, parser) -> dict:
+    """``{"multipliers", "fractions"}`` chosen in an experiments/schedule_selection.py JSON."""
+    try:
+        doc = json.loads(Path(path).read_text())
+        knots = {"multipliers": [float(m) for m in doc["search"]["best"]],
+                 "fractions": [float(p) for p in doc["fractions"]]}
+        horizon_schedule(knots["multipliers"], horizon=1, fractions=knots["fractions"])
+        return knots
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        parser.error(f"--schedule {path}: not an experiments/schedule_selection.py JSON with a "
+                     f"valid chosen schedule ({err!r}); run that script first")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,6 +107,10 @@ def main():
                         help="take both from the chosen row of an experiments/family_selection.py "
                              "JSON instead; when either is not the default, the family policy "
                              f"as trained (0 and 1) is run too, as '{AS_TRAINED}'")
+    parser.add_argument("--schedule", default=None, metavar="SELECTION.json",
+                        help="multiply both policies' step by the horizon schedule chosen in an "
+                             "experiments/schedule_selection.py JSON, over each task's horizon; "
+                             f"the family policy without it is run too, as '{CONSTANT}'")
     parser.add_argument("--rerun-baselines", action="store_true",
                         help="do not reuse the baseline columns of an existing <out>/table.json")
     args = parser.parse_args()
@@ -102,15 +121,26 @@ def main():
     alpha, rate = (selected_settings(args.selection, parser) if args.selection
                    else (args.fan_in_exponent, args.learning_rate))
     settings = {"fan_in_exponent": alpha, "learning_rate": rate}
-    learned = {FAMILY: lambda: learned_opt(family, **settings),
-               SINGLE: lambda: learned_opt(single, **settings)}
-    if (alpha, rate) != (0.0, 1.0):
-        learned[AS_TRAINED] = lambda: learned_opt(family)
+    knots = chosen_schedule(args.schedule, parser) if args.schedule else None
     try:
-        also = parse_named_paths(args.also, "--also")
+        also = {name: load(path) for name, path in parse_named_paths(args.also, "--also").items()}
     except ValueError as err:
         parser.error(str(err))
-    learned |= {name: functools.partial(learned_opt, load(path)) for name, path in also.items()}
+
+    def learned_for(horizon: int) -> dict:
+        """The learned columns for a task of ``horizon`` steps (the schedule spans it)."""
+        lr = rate if knots is None else (lambda t, s=horizon_schedule(
+            knots["multipliers"], horizon=horizon, fractions=knots["fractions"]): rate * s(t))
+        learned = {FAMILY: lambda: learned_opt(family, fan_in_exponent=alpha, learning_rate=lr),
+                   SINGLE: lambda: learned_opt(single, fan_in_exponent=alpha, learning_rate=lr)}
+        if knots is not None:
+            learned[CONSTANT] = lambda: learned_opt(family, **settings)
+        if (alpha, rate) != (0.0, 1.0):
+            learned[AS_TRAINED] = lambda: learned_opt(family)
+        return learned | {name: functools.partial(learned_opt, theta)
+                          for name, theta in also.items()}
+
+    learned = learned_for(1)
     tasks, kwargs = gen.suite_tasks(), {}
     if args.tiny:
         tasks = [dataclasses.replace(t, input_dim=8, hidden=(8,) * len(t.hidden), num_steps=20,
@@ -123,7 +153,8 @@ def main():
     rows = []
     for spec in tasks:
         t0 = time.perf_counter()
-        row = gen.evaluate_task(spec, learned, reuse=earlier.get(spec.name), **kwargs)
+        row = gen.evaluate_task(spec, learned_for(spec.num_steps), reuse=earlier.get(spec.name),
+                                **kwargs)
         row |= {"num_steps": spec.num_steps, "seconds": round(time.perf_counter() - t0, 1)}
         rows.append(row)
         s = row["scores"]
@@ -132,6 +163,7 @@ def main():
               f"{row['seconds']:.0f} s", flush=True)
         doc = {"policy": args.policy, "single_task_policy": args.single,
                "optimizer_settings": settings, "selection": args.selection,
+               "schedule": args.schedule, "horizon_schedule": knots,
                "summary": gen.summary_counts(rows, FAMILY),
                "summary_single_task": gen.summary_counts(rows, SINGLE),
                "summary_others": {n: gen.summary_counts(rows, n) for n in learned

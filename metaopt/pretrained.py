@@ -6,6 +6,7 @@ Example::
   tx = metaopt.learned_opt(metaopt.pretrained())     # the shipped policy: `make train`'s output
   tx = metaopt.learned_opt()                         # the same (learned_opt()'s default)
   tx = metaopt.pretrained.scale_free_family_opt()    # for nets unlike MNIST 48-48-10
+  tx = metaopt.pretrained.scale_free_family_opt(horizon=400)  # with its schedule over 400 steps
   tx = metaopt.learned_opt(metaopt.pretrained.paper_lstm())  # the paper's LSTM, by the same GPS
   l2l_theta = metaopt.pretrained.pretrained_l2l()   # the shipped L2L baseline
   metaopt.pretrained.pretrained_info()              # how the shipped policy was made
@@ -145,21 +146,46 @@ def scale_free_family_info() -> dict[str, Any]:
     return _info(SCALE_FREE_FAMILY_INFO_FILE)
 
 
-def scale_free_family_opt(*, learning_rate=1.0):
+def scale_free_family_opt(*, learning_rate=1.0, horizon: int | None = None):
     """``learned_opt(scale_free_family(), fan_in_exponent=α)`` at the α it ships with
     (``scale_free_family_info()["fan_in_exponent"]``, chosen on the training family's tuning
     seeds): each matrix's step times (48 / fan-in)^α. The optimizer to use on nets unlike the
     paper's 48-48-10 (README, "Generalisation").
 
+    Args:
+      learning_rate: multiplies every step (a float or a schedule of the step count).
+      horizon: the number of steps the run will take, when known. Then the step is also
+        multiplied by the shipped schedule over t / horizon
+        (``scale_free_family_info()["horizon_schedule"]``, chosen on the training family's tuning
+        seeds by ``experiments/schedule_selection.py``); steps past the horizon keep its last
+        multiplier. ``None``: a constant step.
+
     Example::
 
       tx = metaopt.pretrained.scale_free_family_opt()
+      tx = metaopt.pretrained.scale_free_family_opt(horizon=400)   # a 400-step run
       updates, state = tx.update(grads, tx.init(params), params, value=loss)
+
+    Raises:
+      ValueError: ``horizon`` is not a positive int, or the shipped info has no schedule.
     """
     from metaopt.learned_optimizer import learned_opt
+    from metaopt.optimizers.horizon_schedule import horizon_schedule
+    from metaopt.scale_free_optimizer import learning_rate_at
 
+    info = scale_free_family_info()
+    if horizon is not None:
+        knots = info.get("horizon_schedule")
+        if not knots:
+            raise ValueError("scale_free_family_opt: the shipped scale_free_family.json has no "
+                             "horizon_schedule; run experiments/schedule_selection.py and add "
+                             "its choice, or call without horizon= for a constant step.")
+        schedule = horizon_schedule(knots["multipliers"], horizon=horizon,
+                                    fractions=knots["fractions"])
+        base = learning_rate
+        learning_rate = lambda count: learning_rate_at(base, count) * schedule(count)
     return learned_opt(scale_free_family(), learning_rate=learning_rate,
-                       fan_in_exponent=scale_free_family_info().get("fan_in_exponent", 0.0))
+                       fan_in_exponent=info.get("fan_in_exponent", 0.0))
 
 
 def pretrained_l2l_path() -> str:

@@ -402,3 +402,26 @@ def test_the_family_optimizer_is_the_family_policy_at_its_shipped_fan_in_exponen
         np.testing.assert_array_equal(a, b)
     plain = first(metaopt.learned_opt(family))
     np.testing.assert_allclose(shipped["w"], (48 / 100) ** alpha * plain["w"], rtol=1e-5)
+
+
+def test_the_family_optimizer_over_a_horizon_follows_its_shipped_schedule():
+    from metaopt.evaluation.unroll import unroll
+    from metaopt.optimizers.horizon_schedule import horizon_schedule
+    from tests.toy_tasks import QuadraticTask
+
+    info = metaopt.pretrained.scale_free_family_info()
+    knots = info["horizon_schedule"]
+    assert len(knots["multipliers"]) == len(knots["fractions"]) >= 2
+    family, alpha = metaopt.pretrained.scale_free_family(), info["fan_in_exponent"]
+    task = QuadraticTask(jnp.linspace(0.5, 2.0, 8), noise=0.3)
+    run = lambda tx: unroll(tx, task, jax.random.key(5), num_steps=20, eval_every=1).true_loss
+    for rate in (1.0, 0.5):
+        by_hand = run(metaopt.learned_opt(family, fan_in_exponent=alpha, learning_rate=lambda t,
+                      s=horizon_schedule(knots["multipliers"], horizon=20,
+                                         fractions=knots["fractions"]): rate * s(t)))
+        shipped = run(metaopt.pretrained.scale_free_family_opt(learning_rate=rate, horizon=20))
+        np.testing.assert_allclose(shipped, by_hand, rtol=1e-6)
+    constant = run(metaopt.pretrained.scale_free_family_opt())
+    assert not np.allclose(constant, run(metaopt.pretrained.scale_free_family_opt(horizon=20)))
+    with pytest.raises(ValueError, match="positive int"):
+        metaopt.pretrained.scale_free_family_opt(horizon=0)

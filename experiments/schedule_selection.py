@@ -1,0 +1,115 @@
+"""Choose the family policy's step schedule over a known horizon on the training side (issue 17).
+
+  .venv/bin/python experiments/schedule_selection.py --out results/schedule-selection
+  .venv/bin/python experiments/schedule_selection.py --tiny --out /tmp/sched   # seconds
+
+The scale-free policy's clocks saturate near step 300, so it cannot follow a schedule over a
+user's horizon by itself; ``horizon_schedule`` multiplies its step by K knots over the fraction
+t / T of the horizon. Here the knots are chosen by ``coordinate_search`` on the tuning seeds 0-4
+of the training family's conditions (never a test dataset, never the held-out suite), at the
+shipped fan-in exponent. The criterion is the geometric mean over the conditions of final f
+**and** area: issue 17 counts both, and a schedule tuned for final f alone can buy a lower end
+with a slower start. Writes ``<out>/selection.json`` (the search, the per-condition scores at
+the start and at the choice, commit, machine) and ``<out>/table.md``.
+"""
+
+import argparse
+import functools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from metaopt.evaluation.report import git_commit, machine_description
+from metaopt.evaluation.schedule_search import coordinate_search, criterion, schedule_scores
+from metaopt.learned_optimizer import learned_opt
+from metaopt.pretrained import scale_free_family_info
+from metaopt.serialization import load
+from metaopt.training.families import FAMILIES, family_conditions
+from metaopt.training.scale_free_gps import ScaleFreeGPSConfig
+
+
+def tiny_tasks():
+    """Two 8-8-10 digits nets: a smoke run that needs no MNIST."""
+    from metaopt.tasks import dataset_task
+
+    return [(f"8-8-10 digits, minibatch {b}", dataset_task(
+        "digits", input_dim=8, hidden=(8,), batch_size=b, eval_subset=200)) for b in (10, 32)]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="mnist-wider", choices=sorted(FAMILIES))
+    parser.add_argument("--policy", default="metaopt/assets/scale_free_family.metaopt")
+    parser.add_argument("--fan-in-exponent", type=float, default=None, metavar="ALPHA",
+                        help="default: the shipped family policy's (scale_free_family.json)")
+    parser.add_argument("--knots", type=int, default=5, help="K, evenly spaced over t/T")
+    parser.add_argument("--sweeps", type=int, default=10)
+    parser.add_argument("--tiny", action="store_true", help="two tiny digits nets, 20 steps")
+    parser.add_argument("--out", required=True, help="folder for selection.json and table.md")
+    args = parser.parse_args()
+    if args.knots < 2 or args.sweeps < 1:
+        parser.error("--knots must be at least 2 and --sweeps at least 1")
+    start = time.perf_counter()
+    config = ScaleFreeGPSConfig()
+    alpha = (scale_free_family_info().get("fan_in_exponent", 0.0)
+             if args.fan_in_exponent is None else args.fan_in_exponent)
+    if args.tiny:
+        named, horizon, seeds, every = tiny_tasks(), 20, (0, 1), 10
+    else:
+        named = [(c.name, c.task) for c in family_conditions(args.family)]
+        horizon, seeds, every = config.horizon, tuple(config.select_seeds), 10
+    make = functools.partial(learned_opt, load(args.policy), fan_in_exponent=alpha)
+    names, tasks = zip(*named, strict=True)
+    evaluations = []
+
+    def score(candidates):
+        scores = schedule_scores(make, tasks, candidates, horizon=horizon, seeds=seeds,
+                                 eval_every=every)
+        values = criterion(scores["final"], scores["area"])
+        evaluations.append(len(candidates))
+        print(f"  {len(candidates)} candidates, best {values.min():.5f} "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+        return values
+
+    result = coordinate_search(score, np.ones(args.knots), sweeps=args.sweeps)
+    ends = schedule_scores(make, tasks, [np.ones(args.knots), result["best"]], horizon=horizon,
+                           seeds=seeds, eval_every=every)
+    geo = lambda x: float(np.exp(np.mean(np.log(x))))
+    rows = {label: {"multipliers": list(m), "criterion": float(criterion(
+        ends["final"][i:i + 1], ends["area"][i:i + 1])[0]),
+        "geometric_mean_final": geo(ends["final"][i]), "geometric_mean_area": geo(ends["area"][i]),
+        "conditions": {n: {"final": float(ends["final"][i, j]), "area": float(ends["area"][i, j])}
+                       for j, n in enumerate(names)}}
+        for i, (label, m) in enumerate((("constant", [1.0] * args.knots),
+                                        ("chosen", result["best"])))}
+    doc = {"family": "tiny" if args.tiny else args.family, "policy": args.policy,
+           "fan_in_exponent": alpha, "horizon": horizon, "tuning_seeds": list(seeds),
+           "fractions": [i / (args.knots - 1) for i in range(args.knots)],
+           "criterion": "geometric mean over the conditions of final f and area",
+           "search": result, "runs_per_seed_and_condition": int(sum(evaluations)),
+           "rows": rows, "wall_time_s": round(time.perf_counter() - start),
+           "commit": git_commit(), "machine": machine_description()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "selection.json").write_text(json.dumps(doc, indent=1))
+    lines = ["| condition | constant ×1: final / area | chosen schedule: final / area |",
+             "|---|---|---|"]
+    for n in names:
+        a, b = rows["constant"]["conditions"][n], rows["chosen"]["conditions"][n]
+        lines.append(f"| {n} | {a['final']:.4f} / {a['area']:.4f} | "
+                     f"{b['final']:.4f} / {b['area']:.4f} |")
+    for key, label in (("geometric_mean_final", "geometric mean, final"),
+                       ("geometric_mean_area", "geometric mean, area"),
+                       ("criterion", "criterion (both)")):
+        lines.append(f"| {label} | {rows['constant'][key]:.4f} | {rows['chosen'][key]:.4f} |")
+    knots = ", ".join(f"{m:.3g}" for m in result["best"])
+    table = "\n".join(lines) + f"\n\nchosen multipliers at t/T = {doc['fractions']}: [{knots}]\n"
+    (out / "table.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
