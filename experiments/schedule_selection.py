@@ -11,6 +11,10 @@ shipped fan-in exponent. The criterion is the geometric mean over the conditions
 **and** area: issue 17 counts both, and a schedule tuned for final f alone can buy a lower end
 with a slower start. Writes ``<out>/selection.json`` (the search, the per-condition scores at
 the start and at the choice, commit, machine) and ``<out>/table.md``.
+
+``--evaluate SELECTION.json`` scores another selection's chosen schedule on this family instead of
+searching (e.g. one chosen on the paper's single condition, ``--family paper``, measured on the
+seven ``mnist-wider`` conditions it was not chosen on).
 """
 
 import argparse
@@ -48,10 +52,20 @@ def main():
     parser.add_argument("--knots", type=int, default=5, help="K, evenly spaced over t/T")
     parser.add_argument("--sweeps", type=int, default=10)
     parser.add_argument("--tiny", action="store_true", help="two tiny digits nets, 20 steps")
+    parser.add_argument("--evaluate", metavar="SELECTION.json",
+                        help="score that file's chosen schedule here instead of searching")
     parser.add_argument("--out", required=True, help="folder for selection.json and table.md")
     args = parser.parse_args()
     if args.knots < 2 or args.sweeps < 1:
         parser.error("--knots must be at least 2 and --sweeps at least 1")
+    evaluated = None
+    if args.evaluate:
+        try:
+            evaluated = json.loads(Path(args.evaluate).read_text())["rows"]["chosen"]["multipliers"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            parser.error(f"--evaluate {args.evaluate}: not a schedule_selection.py selection.json "
+                         f"({e!r}); give the file this script wrote")
+        args.knots = len(evaluated)
     start = time.perf_counter()
     config = ScaleFreeGPSConfig()
     alpha = (scale_free_family_info().get("fan_in_exponent", 0.0)
@@ -74,7 +88,10 @@ def main():
               f"({time.perf_counter() - start:.0f} s)", flush=True)
         return values
 
-    result = coordinate_search(score, np.ones(args.knots), sweeps=args.sweeps)
+    if evaluated is None:
+        result = coordinate_search(score, np.ones(args.knots), sweeps=args.sweeps)
+    else:
+        result = {"best": [float(m) for m in evaluated], "evaluated_from": args.evaluate}
     ends = schedule_scores(make, tasks, [np.ones(args.knots), result["best"]], horizon=horizon,
                            seeds=seeds, eval_every=every)
     geo = lambda x: float(np.exp(np.mean(np.log(x))))

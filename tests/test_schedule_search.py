@@ -144,3 +144,23 @@ def test_the_selection_script_writes_its_choice(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["x", "--tiny", "--knots", "1", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         script.main()
+
+
+def test_the_selection_script_rescores_a_given_schedule(tmp_path, monkeypatch, capsys):
+    path = Path(__file__).parents[1] / "experiments" / "schedule_selection.py"
+    spec = importlib.util.spec_from_file_location("schedule_selection", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    chosen = tmp_path / "given.json"
+    chosen.write_text(json.dumps({"rows": {"chosen": {"multipliers": [2.0, 0.5, 1.0]}}}))
+    monkeypatch.setattr(sys, "argv", ["x", "--tiny", "--evaluate", str(chosen),
+                                      "--out", str(tmp_path / "out")])
+    script.main()
+    doc = json.loads((tmp_path / "out" / "selection.json").read_text())
+    assert doc["rows"]["chosen"]["multipliers"] == [2.0, 0.5, 1.0]
+    assert doc["search"]["evaluated_from"] == str(chosen)
+    assert doc["rows"]["chosen"]["criterion"] != doc["rows"]["constant"]["criterion"]
+    chosen.write_text("{}")
+    with pytest.raises(SystemExit):
+        script.main()
+    assert "not a schedule_selection.py selection.json" in capsys.readouterr().err
