@@ -83,6 +83,10 @@ generalization: install
 	$(PY) experiments/family_selection.py --family mnist-wider --policy mnist-wide=results/scale-free-family-wide/policy.metaopt --fan-in-exponents 0,0.5,1 --learning-rates 1,1.4,2 --out results/generalization-fan-in/selection.json
 	test -f results/generalization-fan-in/table.json || cp results/generalization-wide/table.json results/generalization-fan-in/
 	$(PY) experiments/generalization_suite.py --policy results/scale-free-family-wide/policy.metaopt --out results/generalization-fan-in --selection results/generalization-fan-in/selection.json
+	$(PY) experiments/schedule_selection.py --family mnist-wider --out results/schedule-selection
+	mkdir -p results/generalization-schedule
+	test -f results/generalization-schedule/table.json || cp results/generalization-fan-in/table.json results/generalization-schedule/
+	$(PY) experiments/generalization_suite.py --policy results/scale-free-family-wide/policy.metaopt --out results/generalization-schedule --selection results/generalization-fan-in/selection.json --schedule results/schedule-selection/selection.json
 
 # Re-meta-train the L2L baseline (Andrychowicz et al. 2016) into metaopt/assets/l2l.metaopt (~35 min).
 train-l2l: install
