@@ -129,8 +129,12 @@ def main():
 
     def learned_for(horizon: int) -> dict:
         """The learned columns for a task of ``horizon`` steps (the schedule spans it)."""
-        lr = rate if knots is None else (lambda t, s=horizon_schedule(
-            knots["multipliers"], horizon=horizon, fractions=knots["fractions"]): rate * s(t))
+        if knots is None:
+            lr = rate
+        else:
+            schedule = horizon_schedule(knots["multipliers"], horizon=horizon,
+                                        fractions=knots["fractions"])
+            lr = lambda t: rate * schedule(t)  # noqa: E731
         learned = {FAMILY: lambda: learned_opt(family, fan_in_exponent=alpha, learning_rate=lr),
                    SINGLE: lambda: learned_opt(single, fan_in_exponent=alpha, learning_rate=lr)}
         if knots is not None:

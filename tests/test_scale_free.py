@@ -415,10 +415,10 @@ def test_the_family_optimizer_over_a_horizon_follows_its_shipped_schedule():
     family, alpha = metaopt.pretrained.scale_free_family(), info["fan_in_exponent"]
     task = QuadraticTask(jnp.linspace(0.5, 2.0, 8), noise=0.3)
     run = lambda tx: unroll(tx, task, jax.random.key(5), num_steps=20, eval_every=1).true_loss
+    schedule = horizon_schedule(knots["multipliers"], horizon=20, fractions=knots["fractions"])
     for rate in (1.0, 0.5):
-        by_hand = run(metaopt.learned_opt(family, fan_in_exponent=alpha, learning_rate=lambda t,
-                      s=horizon_schedule(knots["multipliers"], horizon=20,
-                                         fractions=knots["fractions"]): rate * s(t)))
+        by_hand = run(metaopt.learned_opt(family, fan_in_exponent=alpha,
+                                          learning_rate=lambda t, r=rate: r * schedule(t)))
         shipped = run(metaopt.pretrained.scale_free_family_opt(learning_rate=rate, horizon=20))
         np.testing.assert_allclose(shipped, by_hand, rtol=1e-6)
     constant = run(metaopt.pretrained.scale_free_family_opt())
