@@ -21,12 +21,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import optax
 
 from metaopt.configs import parse_named_paths
 from metaopt.evaluation import generalization as gen
 from metaopt.evaluation.report import git_commit, machine_description
 from metaopt.learned_optimizer import learned_opt
 from metaopt.optimizers.horizon_schedule import horizon_schedule
+from metaopt.optimizers.loss_noise import scale_by_loss_noise
 from metaopt.serialization import load
 
 FAMILY, SINGLE = "family-trained", "single-task"
@@ -89,6 +91,23 @@ def chosen_schedule(path: str, parser) -> dict:
                      f"valid chosen schedule ({err!r}); run that script first")
 
 
+def chosen_loss_noise(path: str, parser) -> dict:
+    """``scale_by_loss_noise`` arguments chosen in a ``schedule_selection.py --adapt loss-noise``
+    JSON."""
+    try:
+        doc = json.loads(Path(path).read_text())
+        if doc.get("adapt") != "loss-noise":
+            raise ValueError("its adapt is not 'loss-noise'")
+        chosen = {"multipliers": [float(m) for m in doc["search"]["best"]],
+                  "noise_levels": [float(n) for n in doc["noise_levels"]],
+                  "decay": float(doc["decay"]), "warmup": int(doc["warmup"])}
+        scale_by_loss_noise(**chosen)
+        return chosen
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        parser.error(f"--loss-noise {path}: not an experiments/schedule_selection.py --adapt "
+                     f"loss-noise JSON ({err!r}); run that script first")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,6 +130,9 @@ def main():
                         help="multiply both policies' step by the horizon schedule chosen in an "
                              "experiments/schedule_selection.py JSON, over each task's horizon; "
                              f"the family policy without it is run too, as '{CONSTANT}'")
+    parser.add_argument("--loss-noise", default=None, metavar="SELECTION.json",
+                        help="also multiply both policies' step by the scale_by_loss_noise chosen "
+                             "in an experiments/schedule_selection.py --adapt loss-noise JSON")
     parser.add_argument("--rerun-baselines", action="store_true",
                         help="do not reuse the baseline columns of an existing <out>/table.json")
     args = parser.parse_args()
@@ -122,6 +144,7 @@ def main():
                    else (args.fan_in_exponent, args.learning_rate))
     settings = {"fan_in_exponent": alpha, "learning_rate": rate}
     knots = chosen_schedule(args.schedule, parser) if args.schedule else None
+    noise = chosen_loss_noise(args.loss_noise, parser) if args.loss_noise else None
     try:
         also = {name: load(path) for name, path in parse_named_paths(args.also, "--also").items()}
     except ValueError as err:
@@ -135,8 +158,11 @@ def main():
             schedule = horizon_schedule(knots["multipliers"], horizon=horizon,
                                         fractions=knots["fractions"])
             lr = lambda t: rate * schedule(t)  # noqa: E731
-        learned = {FAMILY: lambda: learned_opt(family, fan_in_exponent=alpha, learning_rate=lr),
-                   SINGLE: lambda: learned_opt(single, fan_in_exponent=alpha, learning_rate=lr)}
+        def adapted(theta):
+            tx = learned_opt(theta, fan_in_exponent=alpha, learning_rate=lr)
+            return tx if noise is None else optax.chain(tx, scale_by_loss_noise(**noise))
+
+        learned = {FAMILY: lambda: adapted(family), SINGLE: lambda: adapted(single)}
         if knots is not None:
             learned[CONSTANT] = lambda: learned_opt(family, **settings)
         if (alpha, rate) != (0.0, 1.0):
@@ -168,6 +194,7 @@ def main():
         doc = {"policy": args.policy, "single_task_policy": args.single,
                "optimizer_settings": settings, "selection": args.selection,
                "schedule": args.schedule, "horizon_schedule": knots,
+               "loss_noise": args.loss_noise, "loss_noise_scaling": noise,
                "summary": gen.summary_counts(rows, FAMILY),
                "summary_single_task": gen.summary_counts(rows, SINGLE),
                "summary_others": {n: gen.summary_counts(rows, n) for n in learned

@@ -15,6 +15,13 @@ the start and at the choice, commit, machine) and ``<out>/table.md``.
 ``--evaluate SELECTION.json`` scores another selection's chosen schedule on this family instead of
 searching (e.g. one chosen on the paper's single condition, ``--family paper``, measured on the
 seven ``mnist-wider`` conditions it was not chosen on).
+
+``--adapt loss-noise`` chooses instead the knots of ``scale_by_loss_noise`` (a step multiplier of
+the measured minibatch-loss noise, at ``NOISE_LEVELS``), on top of the shipped horizon schedule:
+
+  .venv/bin/python experiments/schedule_selection.py --adapt loss-noise \
+      --family mnist-wider-probes --initial 1.6 1.6 1.3 1 0.6 --sweeps 6 --log-step 0.2 \
+      --out results/loss-noise-selection
 """
 
 import argparse
@@ -24,14 +31,22 @@ import time
 from pathlib import Path
 
 import numpy as np
+import optax
 
 from metaopt.evaluation.report import git_commit, machine_description
-from metaopt.evaluation.schedule_search import coordinate_search, criterion, schedule_scores
+from metaopt.evaluation.schedule_search import (coordinate_search, criterion, knot_scores,
+                                                 schedule_scores)
 from metaopt.learned_optimizer import learned_opt
+from metaopt.optimizers.horizon_schedule import horizon_schedule
+from metaopt.optimizers.loss_noise import scale_by_loss_noise
 from metaopt.pretrained import scale_free_family_info
 from metaopt.serialization import load
 from metaopt.training.families import FAMILIES, family_conditions
 from metaopt.training.scale_free_gps import ScaleFreeGPSConfig
+
+# Where scale_by_loss_noise's knots sit: the training side's noise levels at the constant step run
+# from ≈ 0.16 (minibatch 128) to ≈ 0.55 (minibatch 5), at steps 50-150.
+NOISE_LEVELS = (0.15, 0.25, 0.35, 0.45, 0.55)
 
 
 def tiny_tasks():
@@ -54,6 +69,13 @@ def main():
     parser.add_argument("--tiny", action="store_true", help="two tiny digits nets, 20 steps")
     parser.add_argument("--evaluate", metavar="SELECTION.json",
                         help="score that file's chosen schedule here instead of searching")
+    parser.add_argument("--adapt", default="horizon", choices=("horizon", "loss-noise"),
+                        help="choose the horizon schedule's knots (default) or, on top of the "
+                             "shipped horizon schedule, scale_by_loss_noise's at NOISE_LEVELS")
+    parser.add_argument("--initial", type=float, nargs="+", default=None,
+                        help="the search's starting knots (default: all 1, the shipped step)")
+    parser.add_argument("--log-step", type=float, nargs="+", default=[0.35, 0.7],
+                        help="coordinate_search's log_steps")
     parser.add_argument("--out", required=True, help="folder for selection.json and table.md")
     args = parser.parse_args()
     if args.knots < 2 or args.sweeps < 1:
@@ -76,11 +98,25 @@ def main():
         named = [(c.name, c.task) for c in family_conditions(args.family)]
         horizon, seeds, every = config.horizon, tuple(config.select_seeds), 10
     make = functools.partial(learned_opt, load(args.policy), fan_in_exponent=alpha)
+    if args.adapt == "loss-noise":
+        args.knots = len(NOISE_LEVELS)
+        shipped = scale_free_family_info()["horizon_schedule"]["multipliers"]
+
+        def build(row):
+            return optax.chain(make(learning_rate=horizon_schedule(shipped, horizon=horizon)),
+                               scale_by_loss_noise(row, noise_levels=NOISE_LEVELS))
+
+        scores_of = functools.partial(knot_scores, build)
+    else:
+        scores_of = functools.partial(schedule_scores, make)
+    initial = np.ones(args.knots) if args.initial is None else np.asarray(args.initial)
+    if initial.shape != (args.knots,) or evaluated is not None and args.initial is not None:
+        parser.error(f"--initial needs {args.knots} values (one per knot), without --evaluate")
     names, tasks = zip(*named, strict=True)
     evaluations = []
 
     def score(candidates):
-        scores = schedule_scores(make, tasks, candidates, horizon=horizon, seeds=seeds,
+        scores = scores_of(tasks, candidates, horizon=horizon, seeds=seeds,
                                  eval_every=every)
         values = criterion(scores["final"], scores["area"])
         evaluations.append(len(candidates))
@@ -89,11 +125,12 @@ def main():
         return values
 
     if evaluated is None:
-        result = coordinate_search(score, np.ones(args.knots), sweeps=args.sweeps)
+        result = coordinate_search(score, initial, sweeps=args.sweeps,
+                                   log_steps=tuple(args.log_step))
     else:
         result = {"best": [float(m) for m in evaluated], "evaluated_from": args.evaluate}
-    ends = schedule_scores(make, tasks, [np.ones(args.knots), result["best"]], horizon=horizon,
-                           seeds=seeds, eval_every=every)
+    ends = scores_of(tasks, [np.ones(args.knots), result["best"]], horizon=horizon, seeds=seeds,
+                     eval_every=every)
     geo = lambda x: float(np.exp(np.mean(np.log(x))))
     rows = {label: {"multipliers": list(m), "criterion": float(criterion(
         ends["final"][i:i + 1], ends["area"][i:i + 1])[0]),
@@ -104,7 +141,11 @@ def main():
                                         ("chosen", result["best"])))}
     doc = {"family": "tiny" if args.tiny else args.family, "policy": args.policy,
            "fan_in_exponent": alpha, "horizon": horizon, "tuning_seeds": list(seeds),
-           "fractions": [i / (args.knots - 1) for i in range(args.knots)],
+           "adapt": args.adapt, "initial": initial.tolist(),
+           **({"fractions": [i / (args.knots - 1) for i in range(args.knots)]}
+              if args.adapt == "horizon" else
+              {"noise_levels": list(NOISE_LEVELS), "decay": 0.98, "warmup": 10,
+               "horizon_schedule": scale_free_family_info()["horizon_schedule"]}),
            "criterion": "geometric mean over the conditions of final f and area",
            "search": result, "runs_per_seed_and_condition": int(sum(evaluations)),
            "rows": rows, "wall_time_s": round(time.perf_counter() - start),
@@ -112,7 +153,8 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "selection.json").write_text(json.dumps(doc, indent=1))
-    lines = ["| condition | constant ×1: final / area | chosen schedule: final / area |",
+    base = "constant ×1" if args.adapt == "horizon" else "shipped (horizon schedule)"
+    lines = [f"| condition | {base}: final / area | chosen: final / area |",
              "|---|---|---|"]
     for n in names:
         a, b = rows["constant"]["conditions"][n], rows["chosen"]["conditions"][n]
@@ -123,7 +165,9 @@ def main():
                        ("criterion", "criterion (both)")):
         lines.append(f"| {label} | {rows['constant'][key]:.4f} | {rows['chosen'][key]:.4f} |")
     knots = ", ".join(f"{m:.3g}" for m in result["best"])
-    table = "\n".join(lines) + f"\n\nchosen multipliers at t/T = {doc['fractions']}: [{knots}]\n"
+    at = (f"t/T = {doc['fractions']}" if args.adapt == "horizon" else
+          f"loss-noise levels {list(NOISE_LEVELS)} (on top of the shipped horizon schedule)")
+    table = "\n".join(lines) + f"\n\nchosen multipliers at {at}: [{knots}]\n"
     (out / "table.md").write_text(table)
     print(table)
 

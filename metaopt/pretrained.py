@@ -146,7 +146,8 @@ def scale_free_family_info() -> dict[str, Any]:
     return _info(SCALE_FREE_FAMILY_INFO_FILE)
 
 
-def scale_free_family_opt(*, learning_rate=1.0, horizon: int | None = None):
+def scale_free_family_opt(*, learning_rate=1.0, horizon: int | None = None,
+                          loss_noise: bool = True):
     """``learned_opt(scale_free_family(), fan_in_exponent=α)`` at the α it ships with
     (``scale_free_family_info()["fan_in_exponent"]``, chosen on the training family's tuning
     seeds): each matrix's step times (48 / fan-in)^α. The optimizer to use on nets unlike the
@@ -159,11 +160,17 @@ def scale_free_family_opt(*, learning_rate=1.0, horizon: int | None = None):
         (``scale_free_family_info()["horizon_schedule"]``, chosen on the training family's tuning
         seeds by ``experiments/schedule_selection.py``); steps past the horizon keep its last
         multiplier. ``None``: a constant step.
+      loss_noise: also multiply the step by the shipped function of the measured minibatch-loss
+        noise (``scale_free_family_info()["loss_noise_scaling"]``, ``scale_by_loss_noise``, chosen
+        on training-side MNIST conditions by ``experiments/schedule_selection.py --adapt
+        loss-noise``): larger steps at large minibatches, smaller at small ones. ``False``: the
+        policy's step alone.
 
     Example::
 
       tx = metaopt.pretrained.scale_free_family_opt()
       tx = metaopt.pretrained.scale_free_family_opt(horizon=400)   # a 400-step run
+      tx = metaopt.pretrained.scale_free_family_opt(loss_noise=False)   # the policy's step only
       updates, state = tx.update(grads, tx.init(params), params, value=loss)
 
     Raises:
@@ -184,8 +191,18 @@ def scale_free_family_opt(*, learning_rate=1.0, horizon: int | None = None):
                                     fractions=knots["fractions"])
         base = learning_rate
         learning_rate = lambda count: learning_rate_at(base, count) * schedule(count)
-    return learned_opt(scale_free_family(), learning_rate=learning_rate,
-                       fan_in_exponent=info.get("fan_in_exponent", 0.0))
+    tx = learned_opt(scale_free_family(), learning_rate=learning_rate,
+                     fan_in_exponent=info.get("fan_in_exponent", 0.0))
+    scaling = info.get("loss_noise_scaling") if loss_noise else None
+    if scaling:
+        import optax
+
+        from metaopt.optimizers.loss_noise import scale_by_loss_noise
+
+        tx = optax.chain(tx, scale_by_loss_noise(
+            scaling["multipliers"], noise_levels=scaling["noise_levels"],
+            decay=scaling["decay"], warmup=scaling["warmup"]))
+    return tx
 
 
 def pretrained_l2l_path() -> str:

@@ -396,7 +396,7 @@ def test_the_family_optimizer_is_the_family_policy_at_its_shipped_fan_in_exponen
     grads = jax.tree.map(lambda x: jnp.cos(5.0 * x), params)
     first = lambda tx: tx.update(grads, tx.init(params), params, value=jnp.float32(1.0))[0]
     family = metaopt.pretrained.scale_free_family()
-    shipped = first(metaopt.pretrained.scale_free_family_opt())
+    shipped = first(metaopt.pretrained.scale_free_family_opt(loss_noise=False))
     by_hand = first(metaopt.learned_opt(family, fan_in_exponent=alpha))
     for a, b in zip(jax.tree.leaves(shipped), jax.tree.leaves(by_hand), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -419,9 +419,33 @@ def test_the_family_optimizer_over_a_horizon_follows_its_shipped_schedule():
     for rate in (1.0, 0.5):
         by_hand = run(metaopt.learned_opt(family, fan_in_exponent=alpha,
                                           learning_rate=lambda t, r=rate: r * schedule(t)))
-        shipped = run(metaopt.pretrained.scale_free_family_opt(learning_rate=rate, horizon=20))
+        shipped = run(metaopt.pretrained.scale_free_family_opt(learning_rate=rate, horizon=20,
+                                                               loss_noise=False))
         np.testing.assert_allclose(shipped, by_hand, rtol=1e-6)
-    constant = run(metaopt.pretrained.scale_free_family_opt())
-    assert not np.allclose(constant, run(metaopt.pretrained.scale_free_family_opt(horizon=20)))
+    constant = run(metaopt.pretrained.scale_free_family_opt(loss_noise=False))
+    assert not np.allclose(constant, run(metaopt.pretrained.scale_free_family_opt(
+        horizon=20, loss_noise=False)))
     with pytest.raises(ValueError, match="positive int"):
         metaopt.pretrained.scale_free_family_opt(horizon=0)
+
+
+def test_the_family_optimizer_scales_its_step_by_the_shipped_loss_noise_multiplier():
+    import optax
+
+    from metaopt.evaluation.unroll import unroll
+    from metaopt.optimizers.loss_noise import scale_by_loss_noise
+    from tests.toy_tasks import QuadraticTask
+
+    info = metaopt.pretrained.scale_free_family_info()
+    scaling = info["loss_noise_scaling"]
+    assert len(scaling["multipliers"]) == len(scaling["noise_levels"]) >= 2
+    family, alpha = metaopt.pretrained.scale_free_family(), info["fan_in_exponent"]
+    task = QuadraticTask(jnp.linspace(0.5, 2.0, 8), noise=0.3)
+    run = lambda tx: unroll(tx, task, jax.random.key(5), num_steps=40, eval_every=1).true_loss
+    by_hand = run(optax.chain(
+        metaopt.learned_opt(family, fan_in_exponent=alpha),
+        scale_by_loss_noise(scaling["multipliers"], noise_levels=scaling["noise_levels"],
+                            decay=scaling["decay"], warmup=scaling["warmup"])))
+    shipped = run(metaopt.pretrained.scale_free_family_opt())
+    np.testing.assert_allclose(shipped, by_hand, rtol=1e-6)
+    assert not np.allclose(shipped, run(metaopt.pretrained.scale_free_family_opt(loss_noise=False)))

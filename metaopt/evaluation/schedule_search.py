@@ -27,22 +27,22 @@ from metaopt.evaluation.tuning import seed_keys
 from metaopt.evaluation.unroll import check_schedule, unroll
 from metaopt.optimizers.horizon_schedule import check_multipliers, horizon_schedule
 
-__all__ = ["coordinate_search", "criterion", "schedule_scores"]
+__all__ = ["coordinate_search", "criterion", "knot_scores", "schedule_scores"]
 
 GRID_BATCH_SIZE = 4   # candidates run side by side (vmapped) within one program
 _PROGRAMS: dict = {}
 
 
-def _program(make: Callable, horizon: int, eval_every: int):
+def _program(build: Callable, horizon: int, eval_every: int):
     """One jit-compiled ``(knots (n, K), keys, task) -> (n, seeds, evals)`` curves program per
     setting, kept across calls: a search scores the same tasks many times (``run_grid`` would
     compile again each call)."""
-    key = (make, horizon, eval_every)
+    key = (build, horizon, eval_every)
     if key not in _PROGRAMS:
         @jax.jit
         def run(knots, keys, task):
-            def one(multipliers):
-                tx = make(learning_rate=horizon_schedule(multipliers, horizon=horizon))
+            def one(row):
+                tx = build(row)
                 return jax.vmap(lambda k: unroll(tx, task, k, num_steps=horizon,
                                                  eval_every=eval_every).true_loss)(keys)
 
@@ -52,16 +52,16 @@ def _program(make: Callable, horizon: int, eval_every: int):
     return _PROGRAMS[key]
 
 
-def schedule_scores(make: Callable, tasks: Sequence, candidates, *, horizon: int,
-                    seeds: Sequence[int], eval_every: int = 10) -> dict:
-    """Final f and area of ``make(learning_rate=schedule)`` per candidate and task.
+def knot_scores(build: Callable, tasks: Sequence, candidates, *, horizon: int,
+                seeds: Sequence[int], eval_every: int = 10) -> dict:
+    """Final f and area of the optimizer ``build(row)`` per candidate row and task.
 
     Args:
-      make: ``make(learning_rate=...)`` builds the learned optimizer (e.g. ``partial(learned_opt,
-        theta, fan_in_exponent=0.5)``); hashable (a compiled program is kept per ``make``).
+      build: ``(K,)`` positive knots (traced) → an optax transformation; the same object on every
+        call of a search (its compiled program is kept per ``build``).
       tasks: the tasks to score on (``metaopt.tasks`` objects).
-      candidates: ``(n, K)`` positive multipliers, one horizon schedule per row.
-      horizon: the number of steps of every run (the schedules' T).
+      candidates: ``(n, K)`` positive knots, one optimizer per row.
+      horizon: the number of steps of every run.
 
     Returns:
       ``{"final": (n, tasks), "area": (n, tasks)}`` means over ``seeds`` (area: the mean of the
@@ -70,9 +70,9 @@ def schedule_scores(make: Callable, tasks: Sequence, candidates, *, horizon: int
     """
     candidates = np.atleast_2d(np.asarray(candidates, np.float64))
     for row in candidates:
-        check_multipliers(row, owner="schedule_scores")
+        check_multipliers(row, owner="knot_scores")
     check_schedule(horizon, eval_every)
-    run = _program(make, horizon, eval_every)
+    run = _program(build, horizon, eval_every)
     knots, keys = jnp.asarray(candidates, jnp.float32), seed_keys(seeds)
     final, area = [], []
     for task in tasks:
@@ -81,6 +81,24 @@ def schedule_scores(make: Callable, tasks: Sequence, candidates, *, horizon: int
         final.append(np.where(finite, curves[:, :, -1].mean(axis=1), np.inf))
         area.append(np.where(finite, curves.mean(axis=(1, 2)), np.inf))
     return {"final": np.stack(final, axis=1), "area": np.stack(area, axis=1)}
+
+
+_SCHEDULED: dict = {}
+
+
+def schedule_scores(make: Callable, tasks: Sequence, candidates, *, horizon: int,
+                    seeds: Sequence[int], eval_every: int = 10) -> dict:
+    """:func:`knot_scores` of ``make(learning_rate=horizon_schedule(row, horizon=horizon))``.
+
+    ``make`` builds the learned optimizer (e.g. ``partial(learned_opt, theta,
+    fan_in_exponent=0.5)``) and must be hashable; candidates are ``(n, K)`` multipliers at evenly
+    spaced fractions of the horizon.
+    """
+    key = (make, horizon)
+    if key not in _SCHEDULED:
+        _SCHEDULED[key] = lambda row: make(learning_rate=horizon_schedule(row, horizon=horizon))
+    return knot_scores(_SCHEDULED[key], tasks, candidates, horizon=horizon, seeds=seeds,
+                       eval_every=eval_every)
 
 
 def criterion(final, area) -> np.ndarray:

@@ -72,6 +72,21 @@ FAMILIES["mnist-wider"] = FAMILIES["mnist-wide"] + (
     FamilyMember("64-64-64-10 relu, minibatch 5, projection 6", input_dim=64, hidden=(64, 64),
                  batch_size=5, projection_seed=6),
 )
+# "mnist-wider" plus six MNIST probes spanning minibatch 16-128, a 100-200 net at minibatch 64 and
+# 10, and tanh at minibatch 64 (projections 7-12): more training-side noise levels for choosing
+# the loss-noise multiplier (experiments/schedule_selection.py --adapt loss-noise); not used for
+# meta-training.
+FAMILIES["mnist-wider-probes"] = FAMILIES["mnist-wider"] + (
+    FamilyMember("48-48-10 relu, minibatch 32, projection 7", batch_size=32, projection_seed=7),
+    FamilyMember("48-48-10 relu, minibatch 128, projection 8", batch_size=128, projection_seed=8),
+    FamilyMember("48-48-10 relu, minibatch 16, projection 9", batch_size=16, projection_seed=9),
+    FamilyMember("100-200-10 relu, minibatch 64, projection 10", input_dim=100, hidden=(200,),
+                 projection_seed=10),
+    FamilyMember("100-200-10 relu, minibatch 10, projection 11", input_dim=100, hidden=(200,),
+                 batch_size=10, projection_seed=11),
+    FamilyMember("48-48-10 tanh, minibatch 64, projection 12", activation="tanh",
+                 projection_seed=12),
+)
 
 
 def family_conditions(name: str, cache_dir=None) -> list[FamilyCondition]:
