@@ -87,6 +87,10 @@ generalization: install
 	mkdir -p results/generalization-schedule
 	test -f results/generalization-schedule/table.json || cp results/generalization-fan-in/table.json results/generalization-schedule/
 	$(PY) experiments/generalization_suite.py --policy results/scale-free-family-wide/policy.metaopt --out results/generalization-schedule --selection results/generalization-fan-in/selection.json --schedule results/schedule-selection/selection.json
+	$(PY) experiments/schedule_selection.py --adapt loss-noise --family mnist-wider-probes --initial 1.6 1.6 1.3 1 0.6 --sweeps 6 --log-step 0.2 --out results/loss-noise-selection
+	mkdir -p results/generalization-loss-noise
+	test -f results/generalization-loss-noise/table.json || cp results/generalization-schedule/table.json results/generalization-loss-noise/
+	$(PY) experiments/generalization_suite.py --policy results/scale-free-family-wide/policy.metaopt --out results/generalization-loss-noise --selection results/generalization-fan-in/selection.json --schedule results/schedule-selection/selection.json --loss-noise results/loss-noise-selection/selection.json
 
 # Re-meta-train the L2L baseline (Andrychowicz et al. 2016) into metaopt/assets/l2l.metaopt (~35 min).
 train-l2l: install
