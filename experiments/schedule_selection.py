@@ -34,8 +34,7 @@ import numpy as np
 import optax
 
 from metaopt.evaluation.report import git_commit, machine_description
-from metaopt.evaluation.schedule_search import (coordinate_search, criterion, knot_scores,
-                                                 schedule_scores)
+from metaopt.evaluation.schedule_search import coordinate_search, criterion, knot_scores, schedule_scores
 from metaopt.learned_optimizer import learned_opt
 from metaopt.optimizers.horizon_schedule import horizon_schedule
 from metaopt.optimizers.loss_noise import scale_by_loss_noise
