@@ -1,9 +1,7 @@
 """scale_by_loss_noise (metaopt.optimizers.loss_noise) and its selection script mode."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metaopt.optimizers.loss_noise import loss_noise_level, scale_by_loss_noise
+from tests.experiment_scripts import load_experiment
 
 LEVELS = [0.1, 0.3, 0.5]
 
@@ -117,10 +116,7 @@ def test_a_missing_value_is_refused():
 
 
 def test_the_selection_script_chooses_loss_noise_knots(tmp_path, monkeypatch):
-    path = Path(__file__).parents[1] / "experiments" / "schedule_selection.py"
-    spec = importlib.util.spec_from_file_location("schedule_selection", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_experiment("schedule_selection")
     monkeypatch.setattr(sys, "argv", ["x", "--tiny", "--adapt", "loss-noise", "--sweeps", "1",
                                       "--log-step", "0.3", "--out", str(tmp_path)])
     script.main()
@@ -138,10 +134,7 @@ def test_the_selection_script_chooses_loss_noise_knots(tmp_path, monkeypatch):
 def test_the_suite_reads_a_loss_noise_selection_and_refuses_others(tmp_path):
     import argparse
 
-    path = Path(__file__).parents[1] / "experiments" / "generalization_suite.py"
-    spec = importlib.util.spec_from_file_location("generalization_suite", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_experiment("generalization_suite")
     parser = argparse.ArgumentParser()
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"adapt": "loss-noise", "search": {"best": [2.0, 1.0, 0.5]},

@@ -404,17 +404,24 @@ def test_the_family_optimizer_is_the_family_policy_at_its_shipped_fan_in_exponen
     np.testing.assert_allclose(shipped["w"], (48 / 100) ** alpha * plain["w"], rtol=1e-5)
 
 
-def test_the_family_optimizer_over_a_horizon_follows_its_shipped_schedule():
+def _family_on_a_noisy_quadratic(num_steps):
+    """The shipped family info, policy and α, and ``run(tx)``: f over a noisy quadratic run."""
     from metaopt.evaluation.unroll import unroll
-    from metaopt.optimizers.horizon_schedule import horizon_schedule
     from tests.toy_tasks import QuadraticTask
 
     info = metaopt.pretrained.scale_free_family_info()
+    task = QuadraticTask(jnp.linspace(0.5, 2.0, 8), noise=0.3)
+    run = lambda tx: unroll(tx, task, jax.random.key(5), num_steps=num_steps,
+                            eval_every=1).true_loss
+    return info, metaopt.pretrained.scale_free_family(), info["fan_in_exponent"], run
+
+
+def test_the_family_optimizer_over_a_horizon_follows_its_shipped_schedule():
+    from metaopt.optimizers.horizon_schedule import horizon_schedule
+
+    info, family, alpha, run = _family_on_a_noisy_quadratic(20)
     knots = info["horizon_schedule"]
     assert len(knots["multipliers"]) == len(knots["fractions"]) >= 2
-    family, alpha = metaopt.pretrained.scale_free_family(), info["fan_in_exponent"]
-    task = QuadraticTask(jnp.linspace(0.5, 2.0, 8), noise=0.3)
-    run = lambda tx: unroll(tx, task, jax.random.key(5), num_steps=20, eval_every=1).true_loss
     schedule = horizon_schedule(knots["multipliers"], horizon=20, fractions=knots["fractions"])
     for rate in (1.0, 0.5):
         by_hand = run(metaopt.learned_opt(family, fan_in_exponent=alpha,
@@ -432,16 +439,11 @@ def test_the_family_optimizer_over_a_horizon_follows_its_shipped_schedule():
 def test_the_family_optimizer_scales_its_step_by_the_shipped_loss_noise_multiplier():
     import optax
 
-    from metaopt.evaluation.unroll import unroll
     from metaopt.optimizers.loss_noise import scale_by_loss_noise
-    from tests.toy_tasks import QuadraticTask
 
-    info = metaopt.pretrained.scale_free_family_info()
+    info, family, alpha, run = _family_on_a_noisy_quadratic(40)
     scaling = info["loss_noise_scaling"]
     assert len(scaling["multipliers"]) == len(scaling["noise_levels"]) >= 2
-    family, alpha = metaopt.pretrained.scale_free_family(), info["fan_in_exponent"]
-    task = QuadraticTask(jnp.linspace(0.5, 2.0, 8), noise=0.3)
-    run = lambda tx: unroll(tx, task, jax.random.key(5), num_steps=40, eval_every=1).true_loss
     by_hand = run(optax.chain(
         metaopt.learned_opt(family, fan_in_exponent=alpha),
         scale_by_loss_noise(scaling["multipliers"], noise_levels=scaling["noise_levels"],

@@ -2,10 +2,8 @@
 metaopt.evaluation.schedule_search, experiments/schedule_selection.py)."""
 
 import functools
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +18,7 @@ from metaopt.evaluation.unroll import unroll
 from metaopt.mlp_policy import init_mlp_policy
 from metaopt.optimizers.horizon_schedule import horizon_schedule
 from metaopt.scale_free_optimizer import scale_free_opt
+from tests.experiment_scripts import load_experiment
 from tests.toy_tasks import QuadraticTask
 
 positive = st.floats(0.01, 100.0, allow_nan=False, allow_infinity=False)
@@ -127,10 +126,7 @@ def test_search_rejects_failed_runs_and_respects_bounds():
 
 
 def test_the_selection_script_writes_its_choice(tmp_path, monkeypatch):
-    path = Path(__file__).parents[1] / "experiments" / "schedule_selection.py"
-    spec = importlib.util.spec_from_file_location("schedule_selection", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_experiment("schedule_selection")
     monkeypatch.setattr(sys, "argv", ["x", "--tiny", "--sweeps", "1", "--knots", "3",
                                       "--out", str(tmp_path)])
     script.main()
@@ -147,10 +143,7 @@ def test_the_selection_script_writes_its_choice(tmp_path, monkeypatch):
 
 
 def test_the_selection_script_rescores_a_given_schedule(tmp_path, monkeypatch, capsys):
-    path = Path(__file__).parents[1] / "experiments" / "schedule_selection.py"
-    spec = importlib.util.spec_from_file_location("schedule_selection", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_experiment("schedule_selection")
     chosen = tmp_path / "given.json"
     chosen.write_text(json.dumps({"rows": {"chosen": {"multipliers": [2.0, 0.5, 1.0]}}}))
     monkeypatch.setattr(sys, "argv", ["x", "--tiny", "--evaluate", str(chosen),
