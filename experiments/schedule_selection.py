@@ -37,7 +37,7 @@ from metaopt.evaluation.report import git_commit, machine_description
 from metaopt.evaluation.schedule_search import coordinate_search, criterion, knot_scores, schedule_scores
 from metaopt.learned_optimizer import learned_opt
 from metaopt.optimizers.horizon_schedule import horizon_schedule
-from metaopt.optimizers.loss_noise import scale_by_loss_noise
+from metaopt.optimizers.loss_noise import DEFAULT_DECAY, DEFAULT_WARMUP, scale_by_loss_noise
 from metaopt.pretrained import scale_free_family_info
 from metaopt.serialization import load
 from metaopt.training.families import FAMILIES, family_conditions
@@ -143,7 +143,7 @@ def main():
            "adapt": args.adapt, "initial": initial.tolist(),
            **({"fractions": [i / (args.knots - 1) for i in range(args.knots)]}
               if args.adapt == "horizon" else
-              {"noise_levels": list(NOISE_LEVELS), "decay": 0.98, "warmup": 10,
+              {"noise_levels": list(NOISE_LEVELS), "decay": DEFAULT_DECAY, "warmup": DEFAULT_WARMUP,
                "horizon_schedule": scale_free_family_info()["horizon_schedule"]}),
            "criterion": "geometric mean over the conditions of final f and area",
            "search": result, "runs_per_seed_and_condition": int(sum(evaluations)),

@@ -31,7 +31,11 @@ import optax
 from metaopt.optimizers.guards import scalar_objective
 from metaopt.optimizers.horizon_schedule import check_multipliers
 
-__all__ = ["LossNoiseState", "loss_noise_level", "loss_noise_multiplier", "scale_by_loss_noise"]
+__all__ = ["DEFAULT_DECAY", "DEFAULT_WARMUP", "LossNoiseState", "loss_noise_level",
+           "loss_noise_multiplier", "scale_by_loss_noise"]
+
+DEFAULT_DECAY = 0.98   # the EMA's β: about the last 50 steps
+DEFAULT_WARMUP = 10    # changes seen before the multiplier leaves 1
 
 
 class LossNoiseState(NamedTuple):
@@ -63,7 +67,7 @@ def loss_noise_multiplier(level, multipliers, noise_levels) -> jax.Array:
 
 
 def scale_by_loss_noise(multipliers: Sequence[float], *, noise_levels: Sequence[float],
-                        decay: float = 0.98, warmup: int = 10
+                        decay: float = DEFAULT_DECAY, warmup: int = DEFAULT_WARMUP
                         ) -> optax.GradientTransformationExtraArgs:
     """Multiply updates by g(n_t), the measured loss-noise level's multiplier (module docs).
 
@@ -104,6 +108,8 @@ def scale_by_loss_noise(multipliers: Sequence[float], *, noise_levels: Sequence[
                           loss_noise_multiplier(loss_noise_level(state, decay), multipliers,
                                                 levels), 1.0)
         updates = jax.tree.map(lambda u: (u * scale).astype(u.dtype), updates)
+        # Not scale_free_features.relative_objective_change: that one is clipped to ±1 and
+        # divides by |f̂(t−1)|; the symmetric, unclipped r is what the knots were chosen on.
         change = (value - state.prev_value) / jnp.maximum(
             0.5 * (jnp.abs(value) + jnp.abs(state.prev_value)), 1e-30)
         seen = jnp.isfinite(change)
